@@ -1,0 +1,129 @@
+"""The shared base config: every hyperparameter that the methods have in common.
+
+Method configs (``configs/<method>.py``) import this, select their loss and change only what the
+method needs, so every method trains under one identical setup.
+
+Fields:
+  method            name of the contrastive loss in ``medclip_jax.losses.REGISTRY``.
+  loss              keyword arguments for that loss (method-specific).
+  model             the towers (see ``medclip_jax/models/presets.py``); ``text.vocab_size <= 0``
+                    takes the tokenizer's vocabulary size.
+  data              input pipeline (see ``medclip_jax/data/pipeline.py``).
+  batch_size        global batch size, split over all data-parallel devices.
+  num_epochs        the schedule length is derived from it and the dataset size.
+  max_steps         if > 0, stop after this many steps (smoke tests, benchmarks).
+  optim             AdamW, warmup + cosine, clipping, no-decay and lr-multiplier/freeze rules.
+  mesh              device mesh axis sizes (-1 = all remaining devices).
+  sharding.rules    ``(regex, spec)`` partition rules for params and optimizer state.
+  checkpoint        save interval and retention.
+  eval              in-loop validation: split, interval, size, recall K.
+"""
+
+import ml_collections
+
+from medclip_jax.errors import UserError
+from medclip_jax.models.presets import model_config
+
+SYNTHETIC_DATA_DIR = "data/tfds"
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.method = "clip"
+    config.loss = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.model = model_config("small")
+    config.model.text.vocab_size = -1
+
+    config.data = ml_collections.ConfigDict()
+    config.data.data_dir = SYNTHETIC_DATA_DIR
+    config.data.train_mixture = "synthetic_medical/train"
+    config.data.tokenizer = "minilm"
+    config.data.augment = ml_collections.ConfigDict()
+    config.data.augment.random_crop_scale = (0.8, 1.0)
+    config.data.augment.flip = False
+    config.data.mean = (0.48145466, 0.4578275, 0.40821073)
+    config.data.std = (0.26862954, 0.26130258, 0.27577711)
+    config.data.read_threads = 2
+
+    config.batch_size = 128
+    config.num_epochs = 10.0
+    config.max_steps = -1
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "adamw"
+    config.optim.learning_rate = 5e-4
+    config.optim.warmup_steps = -1
+    config.optim.warmup_fraction = 0.05
+    config.optim.end_lr_fraction = 0.0
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.98
+    config.optim.eps = 1e-6
+    config.optim.weight_decay = 0.1
+    config.optim.grad_clip_norm = 1.0
+    config.optim.no_decay_regex = r"(logit_scale|pos_embed|cls_token|position|token_type)"
+    config.optim.lr_multipliers = ()
+
+    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    config.sharding = ml_collections.ConfigDict()
+    config.sharding.rules = ((".*", "fsdp"),)
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 200
+    config.checkpoint.max_to_keep = 3
+
+    config.log_every_steps = 20
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.split = "synthetic_medical/validation"
+    config.eval.every_steps = 200
+    config.eval.max_examples = 512
+    config.eval.ks = (1, 5, 10)
+    return config
+
+
+def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
+    """Scale presets shared by every method's config file: demo, tiny, paper."""
+    if preset == "demo":
+        config.data.train_mixture = "synthetic_medical/train"
+        config.eval.split = "synthetic_medical/validation"
+        config.batch_size = 128
+        config.num_epochs = 10.0
+        config.optim.learning_rate = 1e-3
+        config.checkpoint.every_steps = 100
+        config.eval.every_steps = 100
+    elif preset == "tiny":
+        config.model = model_config("tiny")
+        config.model.text.vocab_size = -1
+        config.data.tokenizer = "bytes"
+        config.data.train_mixture = "synthetic_medical@tiny/train"
+        config.eval.split = "synthetic_medical@tiny/validation"
+        config.batch_size = 16
+        config.num_epochs = 1.0
+        config.log_every_steps = 1
+        config.checkpoint.every_steps = 2
+        config.eval.every_steps = 4
+        config.eval.max_examples = 32
+    elif preset == "paper":
+        config.model = model_config("base")
+        config.data.tokenizer = "hf:/path/to/openai-clip-vit-base-patch16"
+        config.data.train_mixture = ("roco/train:1,pmc_oa/train:1,quilt_1m/train:1,"
+                                     "mimic_cxr/train:1")
+        config.eval.split = "roco/validation"
+        config.batch_size = 512
+        config.num_epochs = 10.0
+        config.optim.learning_rate = 5e-5
+        config.optim.warmup_steps = 2000
+        config.log_every_steps = 50
+        config.checkpoint.every_steps = 2000
+        config.eval.every_steps = 2000
+        config.eval.max_examples = 5000
+    else:
+        raise UserError(f"config preset: unknown preset {preset!r}; choose demo, tiny or paper")
+    return config
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    """The base config with a scale preset (CLIP is the base method)."""
+    return apply_preset(get_base_config(), arg)

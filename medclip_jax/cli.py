@@ -1,0 +1,38 @@
+"""Shared entry-point plumbing: multi-process start-up and one-line user errors."""
+
+import sys
+from typing import Callable
+
+import jax
+from absl import flags
+
+from medclip_jax.errors import UserError
+
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0, for multi-process runs started by hand.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() with cluster auto-detection "
+                  "(SLURM, TPU pods, Open MPI).")
+
+FLAGS = flags.FLAGS
+
+
+def maybe_initialize_distributed() -> None:
+    """Joins the processes of a multi-host job before any JAX computation."""
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                   num_processes=FLAGS.num_processes,
+                                   process_id=FLAGS.process_id)
+    elif FLAGS.distributed:
+        jax.distributed.initialize()
+
+
+def run_user_main(main: Callable[[], None]) -> None:
+    """Runs `main`; a UserError becomes one line on stderr and exit code 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)

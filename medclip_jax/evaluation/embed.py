@@ -1,0 +1,75 @@
+"""Embedding loop for evaluation: padded, masked, sharded batches -> host arrays in record order.
+
+Eval iterators pad the last global batch to full size and mark padding with ``valid=False``, so
+every jitted call sees the same shape (one compilation) and no record is dropped or counted twice:
+rows are put back in record order by their ``index`` and padding rows are removed.
+"""
+
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from medclip_jax import sharding
+from medclip_jax.models import DualEncoder
+
+
+def _gather(x: jax.Array) -> np.ndarray:
+    if jax.process_count() > 1:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def make_encoders(model: DualEncoder, mesh: Mesh) -> tuple[Callable, Callable]:
+    """Jitted image and text encoders: batch-sharded in, batch-sharded embeddings out."""
+    batch = sharding.batch_sharding(mesh)
+
+    def encode_image(params, images):
+        emb, _ = model.apply({"params": params}, images, method=DualEncoder.encode_image)
+        return emb
+
+    def encode_text(params, ids, mask):
+        emb, _ = model.apply({"params": params}, ids, mask, method=DualEncoder.encode_text)
+        return emb
+
+    return (jax.jit(encode_image, out_shardings=batch),
+            jax.jit(encode_text, out_shardings=batch))
+
+
+def embed_batches(model: DualEncoder, params: Any, batches: Iterable[Mapping[str, np.ndarray]],
+                  mesh: Mesh, *, images: bool = True, texts: bool = True,
+                  max_batches: int | None = None) -> dict[str, np.ndarray]:
+    """Embeds every valid record; returns `image_emb`/`text_emb` [N, E] and `index` [N], sorted.
+
+    All processes iterate the same number of batches (the eval iterator guarantees it), each
+    passing its own local slice.
+    """
+    encode_image, encode_text = make_encoders(model, mesh)
+    image_chunks, text_chunks, index_chunks = [], [], []
+    for i, local in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = sharding.to_global_batch(
+            {k: local[k] for k in ("image", "text_ids", "text_mask", "valid", "index")
+             if k in local}, mesh)
+        valid = _gather(batch["valid"]).astype(bool)
+        index_chunks.append(_gather(batch["index"])[valid])
+        if images:
+            image_chunks.append(_gather(encode_image(params, batch["image"]))[valid])
+        if texts:
+            text_chunks.append(
+                _gather(encode_text(params, batch["text_ids"], batch["text_mask"]))[valid])
+    if not index_chunks:
+        raise ValueError("embed_batches got no batch to embed")
+    index = np.concatenate(index_chunks)
+    order = np.argsort(index, kind="stable")
+    if len(np.unique(index)) != len(index):
+        raise AssertionError("eval iterator yielded a record twice")
+    out = {"index": index[order]}
+    if images:
+        out["image_emb"] = np.concatenate(image_chunks)[order]
+    if texts:
+        out["text_emb"] = np.concatenate(text_chunks)[order]
+    return out

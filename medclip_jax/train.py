@@ -1,0 +1,274 @@
+"""`train_and_evaluate(config, workdir)`: the whole training run, resumable from its workdir.
+
+Phases: validate the config -> mesh -> tokenizer and input pipeline -> model and sharded init ->
+optimizer -> resume from the latest checkpoint, if any -> train loop (log, validate, checkpoint)
+-> final checkpoint. The train step is one `jax.jit` with explicit in/out shardings and the
+state donated.
+"""
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from medclip_jax import checkpointing, losses, optim, sharding
+from medclip_jax.data import pipeline, sources, tokenizers
+from medclip_jax.errors import UserError
+from medclip_jax.evaluation import embed, retrieval
+from medclip_jax.metric_logging import MetricWriter, Progress, format_duration
+from medclip_jax.models import DualEncoder, build_model
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def rest_of_state(state: TrainState) -> dict[str, Any]:
+    """Everything but the params: saved as the checkpoint's `train_state` item."""
+    return {"step": state.step, "opt_state": state.opt_state}
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Fails at start-up, naming the field, on values that cannot work."""
+    losses.get_loss(config.method)
+    for field in ("batch_size", "log_every_steps", "checkpoint.every_steps"):
+        value = functools.reduce(getattr, field.split("."), config)
+        if not isinstance(value, int) or value <= 0:
+            raise UserError(f"config.{field} must be a positive integer, got {value!r}")
+    if config.num_epochs <= 0:
+        raise UserError(f"config.num_epochs must be positive, got {config.num_epochs}")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise UserError(f"config.model.dtype must be 'float32' or 'bfloat16', got "
+                        f"{config.model.dtype!r}")
+
+
+def model_config_with_vocab(model_config: ml_collections.ConfigDict,
+                            tokenizer: tokenizers.Tokenizer) -> ml_collections.ConfigDict:
+    """The text vocabulary comes from the tokenizer unless the config fixes it (<= 0: take it)."""
+    model_config = ml_collections.ConfigDict(model_config.to_dict())
+    if model_config.text.vocab_size <= 0:
+        model_config.text.vocab_size = tokenizer.vocab_size
+    elif model_config.text.vocab_size < tokenizer.vocab_size:
+        raise UserError(f"config.model.text.vocab_size={model_config.text.vocab_size} is smaller "
+                        f"than the tokenizer's vocabulary ({tokenizer.vocab_size})")
+    return model_config
+
+
+def dummy_inputs(model_config: ml_collections.ConfigDict, batch: int = 1
+                 ) -> tuple[jax.ShapeDtypeStruct, ...]:
+    size = model_config.image.image_size
+    length = model_config.text.max_len
+    return (jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
+            jax.ShapeDtypeStruct((batch, length), jnp.int32),
+            jax.ShapeDtypeStruct((batch, length), jnp.int32))
+
+
+def abstract_params(model: DualEncoder, model_config: ml_collections.ConfigDict) -> Any:
+    images, ids, mask = dummy_inputs(model_config)
+    return jax.eval_shape(
+        lambda rng: model.init(rng, jnp.zeros(images.shape), jnp.zeros(ids.shape, jnp.int32),
+                               jnp.ones(mask.shape, jnp.int32))["params"],
+        jax.random.key(0))
+
+
+def param_shardings(model: DualEncoder, config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
+    return sharding.tree_shardings(abstract_params(model, config.model),
+                                   config.sharding.rules, mesh)
+
+
+def init_params(model: DualEncoder, model_config: ml_collections.ConfigDict, rng: jax.Array,
+                shardings: Any) -> Any:
+    """Initialises params directly into their shardings (never whole on one device)."""
+    images, ids, mask = dummy_inputs(model_config)
+
+    def init(rng):
+        return model.init(rng, jnp.zeros(images.shape), jnp.zeros(ids.shape, jnp.int32),
+                          jnp.ones(mask.shape, jnp.int32))["params"]
+
+    return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+
+
+def make_train_step(model: DualEncoder, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, loss_fn: Callable, loss_kwargs: dict[str, Any]
+                    ) -> Callable:
+    """The pure step `(state, batch, rng) -> (state, metrics)`."""
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+        def compute_loss(params):
+            outputs = model.apply({"params": params}, batch["image"], batch["text_ids"],
+                                  batch["text_mask"], train=True, rngs={"dropout": rng})
+            loss, metrics = loss_fn(outputs, **loss_kwargs)
+            return loss, (metrics, outputs.logit_scale)
+
+        (loss, (metrics, logit_scale)), grads = jax.value_and_grad(
+            compute_loss, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "loss": loss, "logit_scale": logit_scale,
+                   "learning_rate": schedule(state.step), "grad_norm": optax.global_norm(grads)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything built from the config that the loop needs."""
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    model: DualEncoder
+    tokenizer: tokenizers.Tokenizer
+    state: TrainState
+    state_shardings: Any
+    train_step: Callable
+    total_steps: int
+    data_iter: Iterator
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpointing.Checkpointer]:
+    """Builds the run from the config; restores from the workdir's latest checkpoint if any."""
+    validate_config(config)
+    mesh = sharding.make_mesh(dict(config.mesh))
+    sharding.check_batch_size(config.batch_size, mesh)
+    tokenizer = tokenizers.load_tokenizer(config.data.tokenizer)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model = model_config_with_vocab(config.model, tokenizer)
+    model = build_model(config.model)
+
+    num_examples = pipeline.num_examples(config.data, config.data.train_mixture)
+    total_steps = optim.total_train_steps(num_examples, config.num_epochs, config.batch_size)
+    if config.max_steps > 0:
+        total_steps = min(total_steps, config.max_steps)
+
+    p_shardings = param_shardings(model, config, mesh)
+    rng = jax.random.key(config.seed)
+    params = init_params(model, config.model, jax.random.fold_in(rng, 0), p_shardings)
+    tx, schedule = optim.make_optimizer(config.optim, params, total_steps)
+    opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params),
+                                            config.sharding.rules, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(mesh)),
+                       params=params, opt_state=opt_state)
+    state_shardings = TrainState(step=sharding.replicated(mesh), params=p_shardings,
+                                 opt_state=opt_shardings)
+
+    data_iter = pipeline.make_train_iterator(
+        config.data, image_size=config.model.image.image_size, max_len=config.model.text.max_len,
+        tokenizer=tokenizer, global_batch_size=config.batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count(), seed=config.seed)
+
+    checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                     sharding=x.sharding), state)
+        params, rest = checkpointer.restore(latest, abstract_state.params,
+                                            rest_of_state(abstract_state), data_iter)
+        state = TrainState(step=rest["step"], params=params, opt_state=rest["opt_state"])
+
+    loss_fn = losses.get_loss(config.method)
+    step_fn = make_train_step(model, tx, schedule, loss_fn, dict(config.loss))
+    batch_sharding = sharding.batch_sharding(mesh)
+    jitted = jax.jit(step_fn,
+                     in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
+                     out_shardings=(state_shardings, sharding.replicated(mesh)),
+                     donate_argnums=(0,))
+    run = Run(config=config, mesh=mesh, model=model, tokenizer=tokenizer, state=state,
+              state_shardings=state_shardings, train_step=jitted, total_steps=total_steps,
+              data_iter=data_iter)
+    return run, checkpointer
+
+
+def step_rng(seed: int, step: int) -> jax.Array:
+    """Per-step randomness depends on (seed, step) only, so a resumed run repeats it exactly."""
+    return jax.random.fold_in(jax.random.key(seed), step + 1)
+
+
+def validate(run: Run, params: Any) -> dict[str, float]:
+    """Val loss (in train-batch-sized chunks) and retrieval recall on the first val examples."""
+    config = run.config
+    entry = sources.parse_mixture(config.eval.split, field="config.eval.split")[0]
+    batches = pipeline.make_eval_iterator(
+        config.data.data_dir, entry.name, entry.split,
+        image_size=config.model.image.image_size, max_len=config.model.text.max_len,
+        tokenizer=run.tokenizer, global_batch_size=config.batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        data_config=config.data)
+    max_batches = max(1, -(-config.eval.max_examples // config.batch_size))
+    out = embed.embed_batches(run.model, params, batches, run.mesh, max_batches=max_batches)
+    image_emb, text_emb = out["image_emb"], out["text_emb"]
+    scale = jnp.exp(jnp.minimum(params["logit_scale"], jnp.log(config.model.max_logit_scale)))
+    chunk_losses = [
+        losses.clip.clip_loss(image_emb[i:i + config.batch_size],
+                              text_emb[i:i + config.batch_size], scale)[0]
+        for i in range(0, len(image_emb), config.batch_size)]
+    positives = retrieval.positives_from_pairs(np.arange(len(text_emb)), len(image_emb))
+    metrics = retrieval.retrieval_metrics(image_emb, text_emb, *positives,
+                                          ks=tuple(config.eval.ks))
+    keep = {k: v for k, v in metrics.items() if "R@" in k}
+    return {"loss": float(np.mean(chunk_losses)), **keep}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains (resuming if the workdir has checkpoints) and returns the final state."""
+    run, checkpointer = setup(config, workdir)
+    config = run.config
+    writer = MetricWriter(workdir)
+    state = run.state
+    start_step = int(state.step)
+    if start_step:
+        print(f"Resumed from checkpoint at step {start_step}", flush=True)
+    progress = Progress(run.total_steps, start_step, config.batch_size)
+    compile_start = time.perf_counter()
+    pending = []
+    for step in range(start_step, run.total_steps):
+        local_batch = next(run.data_iter)
+        batch = sharding.to_global_batch(
+            {k: local_batch[k] for k in ("image", "text_ids", "text_mask")}, run.mesh)
+        state, metrics = run.train_step(state, batch, step_rng(config.seed, step))
+        if step == start_step:
+            jax.block_until_ready(metrics)
+            compile_s = time.perf_counter() - compile_start
+            print(f"step {step + 1}: compiled and ran the first train step in {compile_s:.1f}s",
+                  flush=True)
+            progress = Progress(run.total_steps, step + 1, config.batch_size)
+        pending.append(metrics)
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == run.total_steps:
+            logged = jax.tree.map(lambda *xs: np.mean([np.asarray(x) for x in xs]), *pending)
+            pending = []
+            timing = progress.report(done)
+            values = writer.write(done, {**logged, **timing}, prefix="train/")
+            print(f"step {done}/{run.total_steps} loss {values['train/loss']:.4f} "
+                  f"lr {values['train/learning_rate']:.2e} "
+                  f"scale {values['train/logit_scale']:.2f} "
+                  f"{values['train/pairs_per_s']:.0f} pairs/s "
+                  f"{values['train/step_time_s'] * 1000:.0f} ms/step "
+                  f"eta {format_duration(values['train/eta_s'])}", flush=True)
+        if config.eval.every_steps > 0 and (done % config.eval.every_steps == 0
+                                            or done == run.total_steps):
+            val = writer.write(done, validate(run, state.params), prefix="val/")
+            print(f"step {done} validation: " +
+                  " ".join(f"{k[4:]} {v:.4f}" for k, v in val.items()), flush=True)
+        if done % config.checkpoint.every_steps == 0 or done == run.total_steps:
+            checkpointer.save(done, state.params, rest_of_state(state), config.to_dict(),
+                              run.data_iter)
+    checkpointer.close()
+    writer.close()
+    return state
