@@ -1,0 +1,44 @@
+"""Evaluation config for `evals/zero_shot.py` and `evals/retrieval.py`.
+
+    python -m evals.zero_shot --workdir runs/clip_demo [--step N] [--config configs/eval.py:demo]
+
+Presets: ``demo`` (the synthetic dataset's test split), ``tiny`` (the tiny synthetic build).
+Dataset specs use the same ``name[@config]/split`` convention as the training mixture.
+
+Fields:
+  data_dir        TFDS data_dir; empty = the one in the checkpoint's training config.
+  output_dir      where results go; empty = <workdir>/eval.
+  batch_size      global eval batch size (padded and masked, so it need not divide the data).
+  mesh            device mesh for evaluation; empty = the training config's.
+  zero_shot.datasets   datasets whose metadata defines zero-shot tasks (class names, templates).
+  retrieval.datasets   datasets to retrieve over (every record's caption(s)).
+  retrieval.ks         Recall@K values.
+  retrieval.block_size similarity tile size; memory is bounded by one tile.
+"""
+
+import ml_collections
+
+from medclip_jax.errors import UserError
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.data_dir = ""
+    config.output_dir = ""
+    config.batch_size = 256
+    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    config.zero_shot = ml_collections.ConfigDict()
+    config.retrieval = ml_collections.ConfigDict()
+    config.retrieval.ks = (1, 5, 10, 50, 200)
+    config.retrieval.block_size = 1024
+    if arg == "demo":
+        config.zero_shot.datasets = ("synthetic_medical/test",)
+        config.retrieval.datasets = ("synthetic_medical/test",)
+    elif arg == "tiny":
+        config.batch_size = 16
+        config.zero_shot.datasets = ("synthetic_medical@tiny/test",)
+        config.retrieval.datasets = ("synthetic_medical@tiny/test",)
+        config.retrieval.block_size = 8
+    else:
+        raise UserError(f"config preset: unknown eval preset {arg!r}; choose demo or tiny")
+    return config
