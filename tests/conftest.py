@@ -11,3 +11,28 @@ jax.config.update("jax_num_cpu_devices", 8)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> str:
+    """The `tiny` synthetic dataset, built once per test session (TFDS data_dir root)."""
+    from data_prep import synthetic_medical
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    synthetic_medical.build(data_dir, "tiny")
+    return data_dir
+
+
+def tiny_config(data_dir: str, **overrides):
+    """The CLIP `tiny` preset pointed at a test data_dir, with dotted-key overrides."""
+    from configs import clip
+    config = clip.get_config("tiny")
+    config.data.data_dir = data_dir
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            target = getattr(target, name)
+        setattr(target, leaf, value)
+    return config

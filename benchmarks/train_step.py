@@ -1,0 +1,97 @@
+"""Train-step benchmark: compile time, step time and pairs/s on random batches.
+
+    python benchmarks/train_step.py                         # demo (small) and ViT-B/16 configs
+    python benchmarks/train_step.py --presets demo --batch_size 128 --steps 20
+    python benchmarks/train_step.py --presets paper --batch_size 8 --dtype bfloat16
+
+Random inputs isolate the compiled step from the input pipeline; the model, optimizer, shardings
+and donation are exactly those of training (built by the same functions).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import clip  # noqa: E402
+from medclip_jax import losses, optim, sharding, train  # noqa: E402
+from medclip_jax.models import build_model  # noqa: E402
+
+VOCAB = {"demo": 30522, "paper": 49408, "tiny": 259}
+
+
+def benchmark(preset: str, batch_size: int, steps: int, dtype: str | None) -> dict[str, float]:
+    config = clip.get_config(preset)
+    config.batch_size = batch_size
+    if dtype:
+        config.model.dtype = dtype
+    if config.model.text.vocab_size <= 0:
+        config.model.text.vocab_size = VOCAB[preset]
+    mesh = sharding.make_mesh(dict(config.mesh))
+    sharding.check_batch_size(batch_size, mesh)
+    model = build_model(config.model)
+    p_shardings = train.param_shardings(model, config, mesh)
+    params = train.init_params(model, config.model, jax.random.key(0), p_shardings)
+    tx, schedule = optim.make_optimizer(config.optim, params, total_steps=10_000)
+    opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params),
+                                            config.sharding.rules, mesh)
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                             opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(params))
+    state_shardings = train.TrainState(step=sharding.replicated(mesh), params=p_shardings,
+                                       opt_state=opt_shardings)
+    step_fn = train.make_train_step(model, tx, schedule, losses.get_loss(config.method), {})
+    jitted = jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh),
+                                            sharding.replicated(mesh)),
+                     out_shardings=(state_shardings, sharding.replicated(mesh)),
+                     donate_argnums=(0,))
+    rng = np.random.default_rng(0)
+    size, length = config.model.image.image_size, config.model.text.max_len
+    batch = sharding.to_global_batch({
+        "image": rng.normal(size=(batch_size, size, size, 3)).astype(np.float32),
+        "text_ids": rng.integers(1, 1000, size=(batch_size, length)).astype(np.int32),
+        "text_mask": np.ones((batch_size, length), np.int32)}, mesh)
+
+    start = time.perf_counter()
+    compiled = jitted.lower(state, batch, train.step_rng(0, 0)).compile()
+    compile_s = time.perf_counter() - start
+    state, metrics = compiled(state, batch, train.step_rng(0, 0))
+    jax.block_until_ready(metrics)
+    times = []
+    for step in range(steps):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch, train.step_rng(0, step + 1))
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    step_s = float(np.median(times))
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+    return {"params_M": num_params / 1e6, "compile_s": compile_s, "step_s": step_s,
+            "pairs_per_s": batch_size / step_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="demo,paper")
+    parser.add_argument("--batch_size", type=int, default=0,
+                        help="0 = 128 for demo, 8 for paper")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16"])
+    args = parser.parse_args()
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}")
+    print(f"{'preset':8} {'dtype':9} {'batch':>5} {'params':>8} {'compile':>9} {'step':>9} "
+          f"{'pairs/s':>9}")
+    for preset in args.presets.split(","):
+        batch = args.batch_size or {"demo": 128, "paper": 8, "tiny": 16}[preset]
+        r = benchmark(preset, batch, args.steps, args.dtype)
+        dtype = args.dtype or clip.get_config(preset).model.dtype
+        print(f"{preset:8} {dtype:9} {batch:5d} {r['params_M']:7.1f}M {r['compile_s']:8.1f}s "
+              f"{r['step_s'] * 1000:7.0f}ms {r['pairs_per_s']:9.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

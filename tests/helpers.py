@@ -1,0 +1,51 @@
+"""Helpers for tests that run the real binaries as subprocesses."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env(num_devices: int = 1, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT, PYTHONUNBUFFERED="1",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+    env.update(extra)
+    return env
+
+
+def tiny_train_args(data_dir: str, workdir: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "medclip_jax.main", "--config", "configs/clip.py:tiny",
+            "--workdir", workdir, f"--config.data.data_dir={data_dir}", *overrides]
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 300
+        ) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def final_params(workdir: str) -> dict[str, np.ndarray]:
+    """The latest checkpoint's params as flat numpy arrays keyed by path (read with Orbax)."""
+    import jax
+    import orbax.checkpoint as ocp
+    from medclip_jax.sharding import path_to_str
+
+    directory = os.path.join(workdir, "checkpoints")
+    manager = ocp.CheckpointManager(directory, item_handlers={
+        "params": ocp.StandardCheckpointHandler()})
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+    manager.close()
+    leaves = jax.tree_util.tree_flatten_with_path(restored["params"])[0]
+    return {"step": step, **{path_to_str(p): np.asarray(x) for p, x in leaves}}
+
+
+def assert_params_close(a: dict, b: dict, rtol: float, atol: float) -> None:
+    assert a.keys() == b.keys()
+    assert a["step"] == b["step"]
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)

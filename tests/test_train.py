@@ -1,0 +1,141 @@
+"""End to end: one step, train -> checkpoint -> both evals, SIGKILL resume, multi-process."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from helpers import (REPO_ROOT, assert_params_close, final_params, run, subprocess_env,
+                     tiny_train_args)
+from medclip_jax import train
+from medclip_jax.errors import UserError
+
+
+def test_one_step_end_to_end(tiny_data_dir, tmp_path):
+    config = tiny_config(tiny_data_dir, max_steps=1, **{"eval.every_steps": 1})
+    state = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 1
+    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl", encoding="utf-8")]
+    train_line = next(l for l in lines if "train/loss" in l)
+    val_line = next(l for l in lines if "val/loss" in l)
+    assert np.isfinite(train_line["train/loss"]) and train_line["train/pairs_per_s"] > 0
+    assert 0.0 <= val_line["val/i2t_R@1"] <= 1.0
+    assert os.listdir(tmp_path / "tensorboard")
+    assert (tmp_path / "checkpoints" / "1").is_dir()
+
+
+def test_loss_decreases_and_evals_run_from_checkpoint(tiny_data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    env = subprocess_env(num_devices=2)
+    result = run(tiny_train_args(tiny_data_dir, workdir, "--config.num_epochs=8",
+                                 "--config.eval.every_steps=0", "--config.optim.learning_rate=3e-3"),
+                 env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [json.loads(l)["train/loss"] for l in open(os.path.join(workdir, "metrics.jsonl"))
+              if "train/loss" in l]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+    for binary, marker in (("evals.zero_shot", "top1"), ("evals.retrieval", "R@10")):
+        result = run([os.sys.executable, "-m", binary, "--workdir", workdir,
+                      "--config", "configs/eval.py:tiny"], env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert marker in result.stdout
+    outputs = sorted(os.listdir(os.path.join(workdir, "eval")))
+    assert any(f.startswith("zero_shot_step") and f.endswith(".json") for f in outputs)
+    assert any(f.startswith("retrieval_step") and f.endswith(".md") for f in outputs)
+    zero_shot = json.load(open(os.path.join(workdir, "eval",
+                                            next(f for f in outputs if f.startswith("zero_shot")
+                                                 and f.endswith(".json")))))
+    assert set(zero_shot["tasks"]) == {"synthetic_medical@tiny/test:chest_xray",
+                                       "synthetic_medical@tiny/test:histopathology"}
+
+
+def _wait_for_line(process: subprocess.Popen, needle: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    for line in process.stdout:
+        if needle in line:
+            return
+        if time.time() > deadline:
+            break
+    raise AssertionError(f"never saw {needle!r}")
+
+
+def test_sigkill_resume_matches_uninterrupted_run(tiny_data_dir, tmp_path):
+    env = subprocess_env(num_devices=1)
+    args = ("--config.num_epochs=40", "--config.eval.every_steps=0",
+            "--config.checkpoint.every_steps=10", "--config.log_every_steps=1")
+    reference = str(tmp_path / "reference")
+    result = run(tiny_train_args(tiny_data_dir, reference, *args), env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    resumed = str(tmp_path / "resumed")
+    process = subprocess.Popen(tiny_train_args(tiny_data_dir, resumed, *args), cwd=REPO_ROOT,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    _wait_for_line(process, "step 25/", timeout=240)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted = final_params(resumed)["step"]
+    assert 10 <= interrupted < 240
+    result = run(tiny_train_args(tiny_data_dir, resumed, *args), env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Resumed from checkpoint at step {interrupted}" in result.stdout
+    assert_params_close(final_params(resumed), final_params(reference), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tiny_data_dir, tmp_path):
+    args = ("--config.max_steps=4", "--config.eval.every_steps=0",
+            "--config.checkpoint.every_steps=2", "--config.batch_size=16")
+    single = str(tmp_path / "single")
+    result = run(tiny_train_args(tiny_data_dir, single, *args), subprocess_env(num_devices=2))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    import portpicker
+    port = portpicker.pick_unused_port()
+    multi = str(tmp_path / "multi")
+    env = subprocess_env(num_devices=1, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+    processes = [
+        subprocess.Popen(tiny_train_args(tiny_data_dir, multi, *args,
+                                         f"--coordinator_address=localhost:{port}",
+                                         "--num_processes=2", f"--process_id={i}"),
+                         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    for p, out in zip(processes, outputs):
+        assert p.returncode == 0, out[-3000:]
+    assert_params_close(final_params(multi), final_params(single), rtol=1e-5, atol=1e-6)
+
+
+def test_user_errors_name_the_field(tiny_data_dir, tmp_path):
+    with pytest.raises(UserError, match="config.method"):
+        train.setup(tiny_config(tiny_data_dir, method="nope"), str(tmp_path / "a"))
+    with pytest.raises(UserError, match="config.batch_size=12"):
+        train.setup(tiny_config(tiny_data_dir, batch_size=12), str(tmp_path / "b"))
+    with pytest.raises(UserError, match="does_not_exist"):
+        train.setup(tiny_config(str(tmp_path / "does_not_exist")), str(tmp_path / "c"))
+    with pytest.raises(UserError, match="no_tokenizer_here"):
+        train.setup(tiny_config(tiny_data_dir, **{"data.tokenizer": "hf:/no_tokenizer_here"}),
+                    str(tmp_path / "d"))
+
+
+def test_cli_user_error_is_one_line_and_nonzero(tiny_data_dir, tmp_path):
+    result = run(tiny_train_args(tiny_data_dir, str(tmp_path), "--config.method=nope"),
+                 subprocess_env())
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: config.method")
+    assert "Traceback" not in result.stderr
+
+
+def test_checkpoint_shape_mismatch_names_the_tensor(tiny_data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(tiny_config(tiny_data_dir, max_steps=1), workdir)
+    with pytest.raises(UserError, match=r"tensor params/.*has shape"):
+        train.setup(tiny_config(tiny_data_dir, max_steps=1, **{"model.embed_dim": 48}),
+                    workdir)
