@@ -139,3 +139,22 @@ def test_checkpoint_shape_mismatch_names_the_tensor(tiny_data_dir, tmp_path):
     with pytest.raises(UserError, match=r"tensor params/.*has shape"):
         train.setup(tiny_config(tiny_data_dir, max_steps=1, **{"model.embed_dim": 48}),
                     workdir)
+
+
+def _params_after_steps(data_dir: str, workdir: str, mesh: dict, steps: int = 3):
+    config = tiny_config(data_dir, max_steps=steps, **{"eval.every_steps": 0})
+    config.mesh.data, config.mesh.fsdp = mesh["data"], mesh["fsdp"]
+    state = train.train_and_evaluate(config, workdir)
+    return state.params
+
+
+def test_data_parallel_and_fsdp_give_the_same_params(tiny_data_dir, tmp_path):
+    import jax
+    dp = _params_after_steps(tiny_data_dir, str(tmp_path / "dp"), {"data": 8, "fsdp": 1})
+    fsdp = _params_after_steps(tiny_data_dir, str(tmp_path / "fsdp"), {"data": 2, "fsdp": 4})
+    kernel = fsdp["image"]["block_0"]["mlp"]["fc1"]["kernel"]
+    assert "fsdp" in str(kernel.sharding.spec)
+    assert len(kernel.addressable_shards) == 8
+    assert kernel.addressable_shards[0].data.size * 4 == kernel.size
+    for a, b in zip(jax.tree.leaves(dp), jax.tree.leaves(fsdp)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
