@@ -1,0 +1,108 @@
+"""The two-tower model: image tower + text tower, projection heads and a learnable logit scale.
+
+Top-level param tree: `image/...`, `text/...`, `image_proj/...`, `text_proj/...`, `logit_scale`.
+A `linear` head is one bias-free Dense (`image_proj/kernel` [W, E], CLIP's `visual.proj`); an
+`mlp` head is `image_proj/fc1` -> activation -> `image_proj/fc2` with biases (ConVIRT).
+
+Everything returned is float32 whatever the compute dtype; embeddings are not normalised (the
+losses normalise).
+"""
+
+import math
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from medclip_jax.models import layers
+
+
+@flax.struct.dataclass
+class EncoderOutputs:
+    """What every loss receives. Shapes: B batch, E embed_dim, N patches, L text length."""
+    image_emb: jax.Array     # [B, E] float32, projected pooled image features
+    text_emb: jax.Array      # [B, E] float32, projected pooled text features
+    image_tokens: jax.Array  # [B, N, W_img] float32, patch tokens after ln_post (no class token)
+    text_tokens: jax.Array   # [B, L, W_txt] float32, text tower token features
+    text_mask: jax.Array     # [B, L] int32, 1 = real token
+    logit_scale: jax.Array   # [] float32, exp(clamped log scale)
+
+
+class MlpHead(nn.Module):
+    """Two-layer projection head (fc1 -> activation -> fc2), as in ConVIRT."""
+    embed_dim: int
+    hidden_dim: int
+    activation: str = "relu"
+    dtype: layers.Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc1")(x)
+        x = layers.get_activation(self.activation)(x)
+        return nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
+                        name="fc2")(x)
+
+
+def linear_head(embed_dim: int, in_width: int, dtype: layers.Dtype) -> nn.Dense:
+    """CLIP's bias-free projection, initialised with std width^-0.5 like OpenAI's."""
+    return nn.Dense(embed_dim, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=nn.initializers.normal(in_width ** -0.5))
+
+
+def clamped_scale(log_scale: jax.Array, max_logit_scale: float) -> jax.Array:
+    """exp(min(log_scale, log(max))): CLIP clamps the temperature at 100."""
+    return jnp.exp(jnp.minimum(log_scale.astype(jnp.float32),
+                               jnp.float32(math.log(max_logit_scale))))
+
+
+class DualEncoder(nn.Module):
+    """Image and text towers (unbound modules given as attributes; their names become scopes)."""
+    image: nn.Module
+    text: nn.Module
+    image_proj: nn.Module
+    text_proj: nn.Module
+    init_logit_scale: float = 1.0 / 0.07
+    max_logit_scale: float = 100.0
+
+    def setup(self) -> None:
+        self.logit_scale = self.param(
+            "logit_scale", nn.initializers.constant(math.log(self.init_logit_scale)), (),
+            jnp.float32)
+
+    def encode_image(self, images: jax.Array, *, train: bool = False
+                     ) -> tuple[jax.Array, jax.Array]:
+        """images [B, H, W, 3] float32 -> (emb [B, E], patch tokens [B, N, W]), float32."""
+        pooled, tokens = self.image(images, train=train)
+        return self.image_proj(pooled).astype(jnp.float32), tokens.astype(jnp.float32)
+
+    def encode_text(self, text_ids: jax.Array, text_mask: jax.Array, *, train: bool = False
+                    ) -> tuple[jax.Array, jax.Array]:
+        """ids, mask [B, L] -> (emb [B, E], tokens [B, L, W]), float32."""
+        pooled, tokens = self.text(text_ids, text_mask, train=train)
+        return self.text_proj(pooled).astype(jnp.float32), tokens.astype(jnp.float32)
+
+    def scale(self) -> jax.Array:
+        """The clamped logit scale, a float32 scalar."""
+        return clamped_scale(self.logit_scale, self.max_logit_scale)
+
+    def __call__(self, images: jax.Array, text_ids: jax.Array, text_mask: jax.Array, *,
+                 train: bool = False) -> EncoderOutputs:
+        image_emb, image_tokens = self.encode_image(images, train=train)
+        text_emb, text_tokens = self.encode_text(text_ids, text_mask, train=train)
+        return EncoderOutputs(image_emb=image_emb, text_emb=text_emb, image_tokens=image_tokens,
+                              text_tokens=text_tokens, text_mask=text_mask.astype(jnp.int32),
+                              logit_scale=self.scale())
+
+
+def dummy_inputs(image_size: int, max_len: int, batch: int = 1
+                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Zero images, zero ids and an all-ones mask: enough to trace every param's shape."""
+    return (jnp.zeros((batch, image_size, image_size, 3), jnp.float32),
+            jnp.zeros((batch, max_len), jnp.int32), jnp.ones((batch, max_len), jnp.int32))
+
+
+def init_params(model: DualEncoder, rng: jax.Array, image_size: int, max_len: int) -> Any:
+    """The `params` collection from dummy inputs (wrap in `jax.eval_shape` for shapes only)."""
+    return model.init(rng, *dummy_inputs(image_size, max_len))["params"]
