@@ -1,0 +1,300 @@
+"""grain input pipelines: host-local train batches (endless) and padded eval batches (finite).
+
+Train: mixture of sources (weighted) -> per-source shuffle keyed by (seed, source, epoch), a new
+permutation every epoch -> this process's slice of each global batch -> decode + augment ->
+tokenize -> batch. The record stream is a pure function of the position, so
+
+* global batch k is stream positions ``[k*B, (k+1)*B)`` and process p builds the slice
+  ``[k*B + p*b, k*B + (p+1)*b)`` (``b = B / process_count``): concatenating the processes'
+  local batches k gives exactly the single-process batch k, records and augmentation alike
+  (each record's augmentation rng comes from (seed, stream position));
+* only this process's records are read and decoded;
+* the grain dataset is a MapDataset of whole local batches (element k = local batch k), so the
+  iterator state is a batch count, saved with `get_state()` or through Orbax
+  (``grain.checkpoint.CheckpointSave/CheckpointRestore``) and restored exactly, and reader
+  threads / worker processes build whole batches without changing their content or order.
+
+With several sources, each is an endless stream of per-epoch permutations, and the streams are
+interleaved deterministically in proportion to the weights. An "epoch" (for `num_examples`) is
+the sum of the sources' sizes.
+
+Batches: ``image`` float32 [b, H, W, 3] normalised, ``text_ids``/``text_mask`` int32 [b, L],
+``index`` int64 [b] (record index within its source), ``source`` int32 [b] (mixture entry).
+Eval batches add ``valid`` bool [b]; padding rows have ``index = -1``.
+
+``config.data`` fields read here (suggested defaults in brackets; a missing field takes it):
+
+* ``data_dir``: TFDS data_dir root [``data/tfds``].
+* ``train_mixture``: ``"dataset[@config]/split[:weight],..."`` (see `sources`).
+* ``augment.random_crop_scale``: area fraction range of the random resized crop [(0.8, 1.0)];
+  ``(1.0, 1.0)`` means no crop augmentation (shorter side resize + centre crop, as in eval).
+* ``augment.random_crop_ratio``: aspect ratio range of that crop [(3/4, 4/3)].
+* ``augment.flip``: random left-right flips [False: they swap "left"/"right" in radiology].
+* ``mean``, ``std``: per-channel normalisation [OpenAI CLIP's].
+* ``read_threads``: threads building batches ahead [2; 0 = in the caller's thread].
+* ``prefetch_batches``: batches buffered ahead per process or worker [2].
+* ``worker_processes``: grain worker processes (``mp_prefetch``) for many-core hosts, train
+  only [0]; needs absl flags parsed (true under ``absl.app.run``). Batches stay identical,
+  but a checkpointed iterator state only restores under the same value.
+* ``image_field``, ``caption_field``: record fields to read ["image", "caption"]; a caption
+  field holding a list of captions yields one of them at random (the first in eval).
+* ``tokenizer``: read by the caller (`tokenizers.load_tokenizer`), not here.
+"""
+
+import functools
+import math
+import sys
+from typing import Any, Sequence
+
+import grain
+import ml_collections
+import numpy as np
+
+from medclip_jax.data import image_ops, sources
+from medclip_jax.data.tokenizers import Tokenizer
+from medclip_jax.errors import UserError
+
+SHUFFLE_TAG = 0x5EED
+AUGMENT_TAG = 0xA06
+
+
+def get(config: ml_collections.ConfigDict | None, path: str, default: Any) -> Any:
+    """A dotted config field, or the default when the config does not have it."""
+    node = config
+    for part in path.split("."):
+        if node is None or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def derived_seed(*parts: int) -> int:
+    """A 32-bit seed from integers (seeds of different streams stay far apart)."""
+    return int(np.random.SeedSequence([p % 2**63 for p in parts]).generate_state(1)[0])
+
+
+def local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+    """b = B / P; fails, naming the field, when the processes cannot share batches evenly."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise UserError(f"config.batch_size={global_batch_size} must be a positive multiple of "
+                        f"the number of processes ({process_count})")
+    return global_batch_size // process_count
+
+
+def tag_source(source_index: int, record_index: int) -> tuple[int, int]:
+    return source_index, int(record_index)
+
+
+def record_stream(lengths: Sequence[int], weights: Sequence[float], seed: int
+                  ) -> grain.MapDataset:
+    """Endless (source, record) pairs: per-epoch permutations of each source, mixed by weight."""
+    streams = []
+    for i, length in enumerate(lengths):
+        stream = (grain.MapDataset.range(length)
+                  .shuffle(seed=derived_seed(seed, SHUFFLE_TAG, i))
+                  .repeat()
+                  .map(functools.partial(tag_source, i)))
+        streams.append(stream)
+    if len(streams) == 1:
+        return streams[0]
+    return grain.MapDataset.mix(streams, list(weights))
+
+
+class ImageSettings:
+    """How a record's image becomes a uint8 model input (resolved once from the config)."""
+
+    def __init__(self, data_config: ml_collections.ConfigDict | None, image_size: int,
+                 train: bool):
+        self.size = int(image_size)
+        scale = tuple(float(s) for s in get(data_config, "augment.random_crop_scale", (1., 1.)))
+        ratio = tuple(float(r) for r in get(data_config, "augment.random_crop_ratio",
+                                            (3 / 4, 4 / 3)))
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise UserError(f"config.data.augment.random_crop_scale must be (low, high) with "
+                            f"0 < low <= high <= 1, got {scale}")
+        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+            raise UserError(f"config.data.augment.random_crop_ratio must be (low, high) with "
+                            f"0 < low <= high, got {ratio}")
+        self.train = train
+        self.crop = train and scale != (1.0, 1.0)
+        self.flip = train and bool(get(data_config, "augment.flip", False))
+        self.scale, self.ratio = scale, ratio
+        self.mean = tuple(float(m) for m in get(data_config, "mean", image_ops.CLIP_MEAN))
+        self.std = tuple(float(s) for s in get(data_config, "std", image_ops.CLIP_STD))
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise UserError("config.data.mean and config.data.std need 3 values (std > 0)")
+        # JPEGs may be DCT-downscaled as long as the smallest crop still covers `size` pixels.
+        stretch = max(ratio[1], 1 / ratio[0])
+        self.min_side = (math.ceil(self.size * math.sqrt(stretch / scale[0])) if self.crop
+                         else self.size)
+
+    def __call__(self, data: bytes, where: str, rng: np.random.Generator | None) -> np.ndarray:
+        image = image_ops.decode_pil(data, where, self.min_side)
+        if self.crop:
+            pixels = image_ops.random_resized_crop(image, self.size, rng, self.scale, self.ratio)
+        else:
+            pixels = image_ops.center_crop_resize(image, self.size)
+        if self.flip:
+            pixels = image_ops.random_flip(pixels, rng)
+        return pixels
+
+
+def pick_caption(caption: Any, rng: np.random.Generator | None) -> str:
+    """A caption field may hold several captions: a random one in training, else the first."""
+    if not isinstance(caption, (list, tuple)):
+        return caption
+    if not caption:
+        return ""
+    return caption[int(rng.integers(len(caption)))] if rng is not None else caption[0]
+
+
+class BatchLoader:
+    """Builds this process's local batch k from global stream positions [kB + pb, kB + pb + b).
+
+    Train: `stream` maps a position to (source, record). Eval (`stream=None`): position = record
+    index of the only source, and positions past its end become padding (``valid=False``).
+    Each record's randomness comes from (seed, position), so it does not depend on the
+    process count.
+    """
+
+    def __init__(self, record_sources: Sequence[sources.RecordSource],
+                 stream: grain.MapDataset | None, settings: ImageSettings, tokenizer: Tokenizer,
+                 max_len: int, fields: tuple[str, str], seed: int, global_batch: int,
+                 process_index: int, process_count: int):
+        self.sources = list(record_sources)
+        self.stream = stream
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+        self.image_field, self.caption_field = fields
+        self.seed = seed % 2**63
+        self.global_batch = global_batch
+        self.local_batch = global_batch // process_count
+        self.process_index = process_index
+
+    def locate(self, position: int) -> tuple[int, int] | None:
+        """(source, record) at a stream position; None for eval padding."""
+        if self.stream is not None:
+            return self.stream[position]
+        return (0, position) if position < len(self.sources[0]) else None
+
+    def example(self, position: int) -> tuple[np.ndarray, str, int, int]:
+        """uint8 image, caption, record index and source index at one stream position."""
+        located = self.locate(position)
+        if located is None:
+            size = self.settings.size
+            return np.zeros((size, size, 3), np.uint8), "", -1, 0
+        source_index, record_index = located
+        source = self.sources[source_index]
+        record = source[record_index]
+        rng = (np.random.default_rng([self.seed, AUGMENT_TAG, position])
+               if self.settings.train else None)
+        where = source.where(record_index, record.get("id"))
+        image = self.settings(record[self.image_field], where, rng)
+        return image, pick_caption(record[self.caption_field], rng), record_index, source_index
+
+    def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
+        start = int(batch_index) * self.global_batch + self.process_index * self.local_batch
+        images, captions, index, source = zip(*(self.example(position) for position in
+                                                 range(start, start + self.local_batch)))
+        ids, mask = self.tokenizer(list(captions), self.max_len)
+        batch = {"image": image_ops.normalize(np.stack(images), self.settings.mean,
+                                              self.settings.std),
+                 "text_ids": ids, "text_mask": mask,
+                 "index": np.asarray(index, np.int64), "source": np.asarray(source, np.int32)}
+        if self.stream is None:
+            batch["valid"] = batch["index"] >= 0
+        return batch
+
+
+def open_sources(data_dir: str, entries: Sequence[sources.MixtureEntry],
+                 fields: tuple[str, str]) -> list[sources.RecordSource]:
+    """The mixture's sources, reading only the image, caption and (if any) id fields."""
+    opened = []
+    for entry in entries:
+        path = sources.dataset_dir(data_dir, entry.name)
+        available = sources.read_builder(path).info.features.keys()
+        source = sources.RecordSource(path, entry.split,
+                                      [*fields, *(["id"] if "id" in available else [])])
+        if len(source) == 0:
+            raise UserError(f"dataset {path} split {entry.split} has no records")
+        opened.append(source)
+    return opened
+
+
+def record_fields(data_config: ml_collections.ConfigDict | None) -> tuple[str, str]:
+    return get(data_config, "image_field", "image"), get(data_config, "caption_field", "caption")
+
+
+def batches_to_iter(batches: grain.MapDataset, data_config: ml_collections.ConfigDict | None,
+                    use_workers: bool) -> grain.IterDataset:
+    """Reader threads (and optionally worker processes) build whole batches ahead of time."""
+    threads = int(get(data_config, "read_threads", 2))
+    prefetch = int(get(data_config, "prefetch_batches", 2))
+    workers = int(get(data_config, "worker_processes", 0)) if use_workers else 0
+    if min(threads, prefetch, workers) < 0:
+        raise UserError("config.data.read_threads, prefetch_batches and worker_processes must "
+                        "be >= 0")
+    dataset = batches.to_iter_dataset(
+        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
+    if workers:
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return dataset
+
+
+def train_dataset(data_config: ml_collections.ConfigDict, *, image_size: int, max_len: int,
+                  tokenizer: Tokenizer, global_batch_size: int, process_index: int,
+                  process_count: int, seed: int) -> grain.IterDataset:
+    """The endless batched train dataset of this process (see the module docstring)."""
+    local_batch_size(global_batch_size, process_index, process_count)
+    entries = sources.parse_mixture(data_config.train_mixture)
+    fields = record_fields(data_config)
+    record_sources = open_sources(data_config.data_dir, entries, fields)
+    stream = record_stream([len(s) for s in record_sources], [e.weight for e in entries], seed)
+    loader = BatchLoader(record_sources, stream, ImageSettings(data_config, image_size, True),
+                         tokenizer, max_len, fields, seed, global_batch_size, process_index,
+                         process_count)
+    batches = grain.MapDataset.range(sys.maxsize // global_batch_size).map(loader)
+    return batches_to_iter(batches, data_config, use_workers=True)
+
+
+def make_train_iterator(data_config: ml_collections.ConfigDict, *, image_size: int,
+                        max_len: int, tokenizer: Tokenizer, global_batch_size: int,
+                        process_index: int, process_count: int, seed: int
+                        ) -> grain.DatasetIterator:
+    """An endless, checkpointable iterator of this process's train batches."""
+    return iter(train_dataset(
+        data_config, image_size=image_size, max_len=max_len, tokenizer=tokenizer,
+        global_batch_size=global_batch_size, process_index=process_index,
+        process_count=process_count, seed=seed))
+
+
+def num_examples(data_config: ml_collections.ConfigDict, mixture_spec: str) -> int:
+    """Records in one pass over every source of a mixture (the schedule's epoch size)."""
+    return sum(sources.num_records(data_config.data_dir, e.name, e.split)
+               for e in sources.parse_mixture(mixture_spec))
+
+
+def make_eval_iterator(data_dir: str, name: str, split: str, *, image_size: int, max_len: int,
+                       tokenizer: Tokenizer, global_batch_size: int, process_index: int,
+                       process_count: int,
+                       data_config: ml_collections.ConfigDict | None = None
+                       ) -> grain.IterDataset:
+    """Every record once, in order, as padded host-local batches (re-iterable).
+
+    Global batch k holds records [k*B, (k+1)*B); process p gets its slice. The last batch is
+    padded to full size (``valid=False``, ``index=-1``), so all processes yield
+    ``ceil(N / B)`` batches of identical shape. No augmentation: shorter side resize + centre
+    crop. Reader threads only (no worker processes: evaluation restarts often in training).
+    """
+    local_batch_size(global_batch_size, process_index, process_count)
+    fields = record_fields(data_config)
+    record_source = open_sources(data_dir, [sources.MixtureEntry(name, split)], fields)[0]
+    loader = BatchLoader([record_source], None, ImageSettings(data_config, image_size, False),
+                         tokenizer, max_len, fields, 0, global_batch_size, process_index,
+                         process_count)
+    num_batches = -(-len(record_source) // global_batch_size)
+    batches = grain.MapDataset.range(num_batches).map(loader)
+    return batches_to_iter(batches, data_config, use_workers=False)
