@@ -42,10 +42,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.tokenizer = "minilm"
     config.data.augment = ml_collections.ConfigDict()
     config.data.augment.random_crop_scale = (0.8, 1.0)
-    config.data.augment.flip = False
+    config.data.augment.random_crop_ratio = (3 / 4, 4 / 3)
+    config.data.augment.flip = False  # Flips swap "left" and "right" in radiology captions.
     config.data.mean = (0.48145466, 0.4578275, 0.40821073)
     config.data.std = (0.26862954, 0.26130258, 0.27577711)
     config.data.read_threads = 2
+    config.data.prefetch_batches = 2
+    config.data.worker_processes = 0
+    config.data.image_field = "image"
+    config.data.caption_field = "caption"
 
     config.batch_size = 128
     config.num_epochs = 10.0

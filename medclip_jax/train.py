@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from medclip_jax import checkpointing, losses, optim, sharding
+from medclip_jax import checkpointing, losses, models, optim, sharding
 from medclip_jax.data import pipeline, sources, tokenizers
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import embed, retrieval
@@ -65,20 +65,11 @@ def model_config_with_vocab(model_config: ml_collections.ConfigDict,
     return model_config
 
 
-def dummy_inputs(model_config: ml_collections.ConfigDict, batch: int = 1
-                 ) -> tuple[jax.ShapeDtypeStruct, ...]:
-    size = model_config.image.image_size
-    length = model_config.text.max_len
-    return (jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
-            jax.ShapeDtypeStruct((batch, length), jnp.int32),
-            jax.ShapeDtypeStruct((batch, length), jnp.int32))
-
-
 def abstract_params(model: DualEncoder, model_config: ml_collections.ConfigDict) -> Any:
-    images, ids, mask = dummy_inputs(model_config)
+    """Param shapes and dtypes, without allocating anything."""
     return jax.eval_shape(
-        lambda rng: model.init(rng, jnp.zeros(images.shape), jnp.zeros(ids.shape, jnp.int32),
-                               jnp.ones(mask.shape, jnp.int32))["params"],
+        lambda rng: models.init_params(model, rng, model_config.image.image_size,
+                                       model_config.text.max_len),
         jax.random.key(0))
 
 
@@ -90,12 +81,9 @@ def param_shardings(model: DualEncoder, config: ml_collections.ConfigDict, mesh:
 def init_params(model: DualEncoder, model_config: ml_collections.ConfigDict, rng: jax.Array,
                 shardings: Any) -> Any:
     """Initialises params directly into their shardings (never whole on one device)."""
-    images, ids, mask = dummy_inputs(model_config)
-
-    def init(rng):
-        return model.init(rng, jnp.zeros(images.shape), jnp.zeros(ids.shape, jnp.int32),
-                          jnp.ones(mask.shape, jnp.int32))["params"]
-
+    init = functools.partial(models.init_params, model,
+                             image_size=model_config.image.image_size,
+                             max_len=model_config.text.max_len)
     return jax.jit(init, out_shardings=shardings)(rng)
 
 
