@@ -109,7 +109,7 @@ def make_train_step(model: DualEncoder, tx: optax.GradientTransformation,
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {**metrics, "loss": loss, "logit_scale": logit_scale,
-                   "learning_rate": schedule(state.step), "grad_norm": optax.global_norm(grads)}
+                   "learning_rate": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

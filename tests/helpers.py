@@ -38,7 +38,11 @@ def final_params(workdir: str) -> dict[str, np.ndarray]:
     manager = ocp.CheckpointManager(directory, item_handlers={
         "params": ocp.StandardCheckpointHandler()})
     step = manager.latest_step()
-    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          manager.item_metadata(step)["params"])
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(target)))
     manager.close()
     leaves = jax.tree_util.tree_flatten_with_path(restored["params"])[0]
     return {"step": step, **{path_to_str(p): np.asarray(x) for p, x in leaves}}

@@ -1,34 +1,50 @@
 """Blocked retrieval metrics against a brute-force full-matrix reference."""
 
+import jax
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from medclip_jax.errors import UserError
 from medclip_jax.evaluation import retrieval
 
 
-def brute_force_ranks(images, texts, image_positives, text_positives):
+def brute_force_ranks(images: np.ndarray, texts: np.ndarray, image_positives: np.ndarray,
+                      text_positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Full float64 similarity matrix; per query, sort candidates and find the best positive.
+
+    The sort puts a query's positives before equal-scoring negatives, which is the same as
+    counting ties in the query's favour.
+    """
     images = images / np.linalg.norm(images, axis=1, keepdims=True)
     texts = texts / np.linalg.norm(texts, axis=1, keepdims=True)
     sim = images.astype(np.float64) @ texts.astype(np.float64).T
 
-    def ranks(matrix, positives):
+    def ranks(matrix: np.ndarray, positives: np.ndarray) -> np.ndarray:
         out = []
         for q, row in enumerate(matrix):
-            pos = set(int(p) for p in positives[q] if p >= 0)
-            best = max(row[p] for p in pos)
-            out.append(1 + sum(1 for j, s in enumerate(row) if j not in pos and s > best))
+            pos = {int(p) for p in positives[q] if p >= 0}
+            order = sorted(range(len(row)), key=lambda j: (-row[j], j not in pos))
+            seen_negatives = 0
+            for j in order:
+                if j in pos:
+                    break
+                seen_negatives += 1
+            out.append(1 + seen_negatives)
         return np.array(out)
 
     return ranks(sim, image_positives), ranks(sim.T, text_positives)
 
 
-def random_embeddings(seed, num_images, num_texts, dim=8):
+def random_embeddings(seed: int, num_images: int, num_texts: int, dim: int = 8
+                      ) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return (rng.normal(size=(num_images, dim)).astype(np.float32),
             rng.normal(size=(num_texts, dim)).astype(np.float32))
 
 
-def check_against_brute_force(images, texts, image_pos, text_pos, block_sizes=(1, 7, 64, 4096)):
+def check_against_brute_force(images, texts, image_pos, text_pos,
+                              block_sizes=(1, 7, 64, 4096)) -> None:
     expected = brute_force_ranks(images, texts, image_pos, text_pos)
     for block in block_sizes:
         i2t, t2i = retrieval.retrieval_ranks(images, texts, image_pos, text_pos, block)
@@ -45,78 +61,145 @@ def test_one_caption_per_image():
 def test_several_captions_per_image():
     images, texts = random_embeddings(1, 10, 30)
     image_pos, text_pos = retrieval.positives_from_pairs(np.arange(30) % 10, 10)
-    assert image_pos.shape == (10, 3)
+    assert image_pos.shape == (10, 3) and text_pos.shape == (30, 1)
     check_against_brute_force(images, texts, image_pos, text_pos)
 
 
-def test_duplicate_captions_are_one_text_with_several_images():
-    captions = [["a cat"], ["a dog", "a puppy"], ["a cat "], ["a bird"], ["a dog"]]
+def test_build_positives_merges_identical_captions():
+    captions = [["a cat"], ["a dog", "a puppy"], ["a cat "], ["a bird", "  "], "a dog",
+                ["A cat", "a dog"]]
     texts, image_pos, text_pos = retrieval.build_positives(captions)
-    assert texts == ["a cat", "a dog", "a puppy", "a bird"]
-    assert sorted(p for p in text_pos[0] if p >= 0) == [0, 2]
-    assert sorted(p for p in image_pos[1] if p >= 0) == [1, 2]
-    images, text_emb = random_embeddings(2, 5, 4)
-    check_against_brute_force(images, text_emb, image_pos, text_pos)
+    assert texts == ["a cat", "a dog", "a puppy", "a bird", "A cat"]  # case is kept
+    positives = [sorted(int(p) for p in row if p >= 0) for row in text_pos]
+    assert positives == [[0, 2], [1, 4, 5], [1], [3], [5]]
+    assert [sorted(int(p) for p in row if p >= 0) for row in image_pos] == [
+        [0], [1, 2], [0], [3], [1], [1, 4]]
+    with pytest.raises(UserError, match="image 1"):
+        retrieval.build_positives([["x"], [" "]])
+
+
+def test_shared_and_multiple_captions_random():
+    rng = np.random.default_rng(7)
+    pool = [f"finding {i}" for i in range(25)]
+    captions = [[pool[j] for j in rng.choice(25, size=rng.integers(1, 4), replace=False)]
+                for _ in range(40)]
+    texts, image_pos, text_pos = retrieval.build_positives(captions)
+    assert len(texts) < sum(len(c) for c in captions)  # some captions are shared
+    assert max((text_pos >= 0).sum(axis=1)) > 1 and max((image_pos >= 0).sum(axis=1)) > 1
+    images, text_emb = random_embeddings(2, 40, len(texts))
+    check_against_brute_force(images, text_emb, image_pos, text_pos, block_sizes=(1, 7, 40, 999))
 
 
 def test_hand_made_ranks_and_metrics():
     images = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     texts = np.array([[0.0, 1.0], [1.0, 0.0], [0.8, 0.6]])
     image_pos, text_pos = retrieval.positives_from_pairs([1, 0, 2], 3)
-    # image 0 -> its text 1 is the best match: rank 1. image 1 -> text 0 exact: rank 1.
-    # image 2 (0.6, 0.8): scores text0 0.8, text1 0.6, text2 0.96 -> rank 1.
+    # image 2 (0.6, 0.8) scores texts 0.8, 0.6 and 0.96 (its own): rank 1; likewise the rest.
     result = retrieval.retrieval_metrics(images, texts, image_pos, text_pos, ks=(1, 2),
                                          block_size=2, return_ranks=True)
     np.testing.assert_array_equal(result["i2t_ranks"], [1, 1, 1])
-    # text 2 (0.8, 0.6): image0 0.8, image1 0.6, image2 0.96 -> rank 1.
     np.testing.assert_array_equal(result["t2i_ranks"], [1, 1, 1])
-    images = np.array([[1.0, 0.0], [0.0, 1.0]])
-    texts = np.array([[1.0, 0.0], [0.9, 0.1]])  # both texts closest to image 0
-    image_pos, text_pos = retrieval.positives_from_pairs([0, 1], 2)
-    result = retrieval.retrieval_metrics(images, texts, image_pos, text_pos, ks=(1, 5),
-                                         return_ranks=True)
-    # image 1 still prefers its own text (0.11 > 0), but text 1 prefers image 0.
-    np.testing.assert_array_equal(result["i2t_ranks"], [1, 1])
-    np.testing.assert_array_equal(result["t2i_ranks"], [1, 2])
-    assert result["t2i_R@1"] == 0.5 and result["t2i_R@5"] == 1.0
-    assert result["t2i_mean_rank"] == 1.5 and result["t2i_median_rank"] == 1.5
+
+    images = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    texts = np.array([[0.0, 1.0], [0.9, 0.1], [1.0, 0.0]])
+    # text t's image: t0->0, t1->1, t2->2. Scores (rows images, cols texts):
+    #   img0: [0.00, 0.99, 1.00]   own text t0 scores 0.00, two negatives above: rank 3
+    #   img1: [1.00, 0.11, 0.00]   own text t1 scores 0.11, t0 above: rank 2
+    #   img2: [-1.0, -0.11, 0.00]  own text t2 is the best: rank 1
+    # t0 column [0, 1, -1]: image1 above image0 -> rank 2; t1 [0.99, 0.11, -0.11] -> 2;
+    # t2 [1, 0, 0] -> image0 above image2, image1 ties image2 (in the query's favour) -> 2.
+    image_pos, text_pos = retrieval.positives_from_pairs([0, 1, 2], 3)
+    result = retrieval.retrieval_metrics(images, texts, image_pos, text_pos, ks=(1, 2, 5),
+                                         block_size=2, return_ranks=True)
+    np.testing.assert_array_equal(result["i2t_ranks"], [3, 2, 1])
+    np.testing.assert_array_equal(result["t2i_ranks"], [2, 2, 2])
+    assert result["i2t_R@1"] == pytest.approx(1 / 3) and result["i2t_R@2"] == pytest.approx(2 / 3)
+    assert result["i2t_R@5"] == 1.0 and result["t2i_R@1"] == 0.0 and result["t2i_R@2"] == 1.0
+    assert result["i2t_mean_rank"] == 2.0 and result["i2t_median_rank"] == 2.0
+    assert result["num_images"] == 3 and result["num_texts"] == 3
 
 
-def test_ties_count_in_the_query_favour():
-    images = np.array([[1.0, 0.0]])
-    texts = np.array([[1.0, 0.0], [1.0, 0.0]])
-    image_pos, text_pos = retrieval.positives_from_pairs([0, 0], 1)
-    i2t, _ = retrieval.retrieval_ranks(images, texts, image_pos, text_pos)
-    assert i2t.tolist() == [1]
-    image_pos = np.array([[1]])
-    text_pos = np.array([[-1], [0]])
-    with pytest.raises(ValueError, match="at least one positive"):
-        retrieval.retrieval_ranks(images, texts, image_pos, text_pos)
+def test_result_keys():
+    images, texts = random_embeddings(5, 6, 6)
+    result = retrieval.retrieval_metrics(images, texts,
+                                         *retrieval.positives_from_pairs(np.arange(6), 6))
+    expected = {f"{d}_R@{k}" for d in ("i2t", "t2i") for k in retrieval.DEFAULT_KS}
+    expected |= {f"{d}_{s}_rank" for d in ("i2t", "t2i") for s in ("mean", "median")}
+    assert set(result) == expected | {"num_images", "num_texts"}
 
 
-def test_k_beyond_candidates_and_many_blocks_agree():
+def test_ties_count_in_the_query_favour_across_blocks():
+    # Identical negatives in other blocks than the positive: exact ties, never ahead.
+    images = np.array([[1.0, 0.0], [0.3, 0.7], [0.3, 0.7], [0.3, 0.7]])
+    texts = np.array([[1.0, 0.0], [1.0, 0.0], [0.3, 0.7], [1.0, 0.0], [0.2, 0.9]])
+    image_pos, text_pos = retrieval.positives_from_pairs([0, 1, 2, 3, 3], 4)
+    for block in (1, 2, 3, 8):
+        i2t, t2i = retrieval.retrieval_ranks(images, texts, image_pos, text_pos, block)
+        assert i2t[0] == 1  # texts 1 and 3 tie its text 0
+        assert t2i[2] == 1  # images 1 and 3 tie its image 2
+        np.testing.assert_array_equal(
+            (i2t, t2i), brute_force_ranks(images, texts, image_pos, text_pos))
+
+
+def test_k_beyond_candidates_and_block_sizes_agree():
     images, texts = random_embeddings(3, 37, 41)
     image_of_text = np.random.default_rng(3).integers(0, 37, size=41)
-    image_of_text[:37] = np.arange(37)  # every image has at least one caption
+    image_of_text[:37] = np.random.default_rng(4).permutation(37)  # every image has a caption
     image_pos, text_pos = retrieval.positives_from_pairs(image_of_text, 37)
     results = [retrieval.retrieval_metrics(images, texts, image_pos, text_pos,
-                                           ks=(1, 5, 200), block_size=b) for b in (5, 16, 100)]
-    assert results[0] == results[1] == results[2]
-    assert results[0]["i2t_R@200"] == 1.0 and results[0]["t2i_R@200"] == 1.0
-    check_against_brute_force(images, texts, image_pos, text_pos, block_sizes=(5,))
+                                           ks=(1, 5, 41, 200), block_size=b,
+                                           return_ranks=True) for b in (5, 7, 16, 100)]
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.pop("i2t_ranks"), results[0]["i2t_ranks"])
+        np.testing.assert_array_equal(other.pop("t2i_ranks"), results[0]["t2i_ranks"])
+    results[0].pop("i2t_ranks"), results[0].pop("t2i_ranks")
+    assert all(r == results[0] for r in results[1:])
+    assert results[0]["i2t_R@41"] == 1.0 and results[0]["i2t_R@200"] == 1.0
+    assert results[0]["t2i_R@200"] == 1.0
+    check_against_brute_force(images, texts, image_pos, text_pos, block_sizes=(7,))
 
 
-def test_tiles_never_exceed_block_size(monkeypatch):
+def test_tiles_never_exceed_block_size_and_compile_once(monkeypatch):
     shapes = []
-    original = retrieval._tile_counts
+    original = retrieval._similarity_tile
 
     def spy(images, texts, *args):
-        shapes.append((images.shape[0], texts.shape[0]))
+        shapes.append((images.shape, texts.shape))
         return original(images, texts, *args)
 
-    monkeypatch.setattr(retrieval, "_tile_counts", spy)
-    images, texts = random_embeddings(4, 50, 50)
-    image_pos, text_pos = retrieval.positives_from_pairs(np.arange(50), 50)
+    monkeypatch.setattr(retrieval, "_similarity_tile", spy)
+    images, texts = random_embeddings(4, 45, 50)
+    # Text t describes image t % 45: positive pairs on the diagonal, and texts 45..49 on
+    # images 0..4, i.e. in tile (image block 0, text block 2).
+    image_pos, text_pos = retrieval.positives_from_pairs(np.arange(50) % 45, 45)
     retrieval.retrieval_ranks(images, texts, image_pos, text_pos, block_size=16)
-    assert shapes and all(a <= 16 and b <= 16 for a, b in shapes)
-    assert len(shapes) == 16  # ceil(50/16)^2 tiles
+    assert set(shapes) == {((16, 8), (16, 8))}  # one padded shape: compiled once
+    pass_one = 3 + 1  # only the tiles holding a positive pair
+    pass_two = 3 * 4  # every tile: ceil(45/16) x ceil(50/16)
+    assert len(shapes) == pass_one + pass_two
+
+
+def test_sharded_device_arrays():
+    images, texts = random_embeddings(6, 24, 32)
+    image_pos, text_pos = retrieval.positives_from_pairs(np.arange(32) % 24, 24)
+    mesh = jax.make_mesh((len(jax.devices()),), ("batch",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    sharding = NamedSharding(mesh, P("batch"))
+    expected = retrieval.retrieval_metrics(images, texts, image_pos, text_pos, block_size=10)
+    got = retrieval.retrieval_metrics(jax.device_put(images, sharding),
+                                      jax.device_put(texts, sharding), image_pos, text_pos,
+                                      block_size=10)
+    assert got == expected
+
+
+def test_bad_positives_are_rejected():
+    images, texts = random_embeddings(8, 3, 3)
+    image_pos, text_pos = retrieval.positives_from_pairs([0, 1, 2], 3)
+    with pytest.raises(ValueError, match="at least one positive"):
+        retrieval.retrieval_ranks(images, texts, np.array([[0], [-1], [2]]), text_pos)
+    with pytest.raises(ValueError, match="different pairs"):
+        retrieval.retrieval_ranks(images, texts, image_pos, np.array([[1], [0], [2]]))
+    with pytest.raises(ValueError, match="outside"):
+        retrieval.retrieval_ranks(images, texts, np.array([[0], [1], [3]]), text_pos)
+    with pytest.raises(ValueError, match="image ids"):
+        retrieval.positives_from_pairs([0, 3], 3)
