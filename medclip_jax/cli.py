@@ -4,7 +4,7 @@ import sys
 from typing import Callable
 
 import jax
-from absl import flags
+from absl import flags, logging
 
 from medclip_jax.errors import UserError
 
@@ -19,8 +19,15 @@ flags.DEFINE_bool("distributed", False,
 FLAGS = flags.FLAGS
 
 
+def quiet_library_logs() -> None:
+    """Orbax and grain log every step at INFO; keep stdout for our own lines unless asked."""
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def maybe_initialize_distributed() -> None:
     """Joins the processes of a multi-host job before any JAX computation."""
+    quiet_library_logs()
     if FLAGS.coordinator_address:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                    num_processes=FLAGS.num_processes,

@@ -206,9 +206,19 @@ def validate(run: Run, params: Any) -> dict[str, float]:
         losses.clip.clip_loss(image_emb[i:i + config.batch_size],
                               text_emb[i:i + config.batch_size], scale)[0]
         for i in range(0, len(image_emb), config.batch_size)]
-    positives = retrieval.positives_from_pairs(np.arange(len(text_emb)), len(image_emb))
-    metrics = retrieval.retrieval_metrics(image_emb, text_emb, *positives,
-                                          ks=tuple(config.eval.ks))
+    # Identical captions are one text whose positives are all their images (as in evals/);
+    # the eval iterator embeds each record's first caption, so that is the one used here.
+    annotations = sources.load_annotations(config.data.data_dir, entry.name, entry.split,
+                                           fields=(config.data.caption_field,))
+    captions = [c if isinstance(c, str) else c[0]
+                for c in np.asarray(annotations[config.data.caption_field])[out["index"]]]
+    texts, image_positives, text_positives = retrieval.build_positives([[c] for c in captions])
+    first_record = {}
+    for row, caption in enumerate(captions):
+        first_record.setdefault(caption.strip(), row)
+    unique_text_emb = text_emb[[first_record[t] for t in texts]]
+    metrics = retrieval.retrieval_metrics(image_emb, unique_text_emb, image_positives,
+                                          text_positives, ks=tuple(config.eval.ks))
     keep = {k: v for k, v in metrics.items() if "R@" in k}
     return {"loss": float(np.mean(chunk_losses)), **keep}
 

@@ -137,8 +137,9 @@ def test_ties_count_in_the_query_favour_across_blocks():
         i2t, t2i = retrieval.retrieval_ranks(images, texts, image_pos, text_pos, block)
         assert i2t[0] == 1  # texts 1 and 3 tie its text 0
         assert t2i[2] == 1  # images 1 and 3 tie its image 2
-        np.testing.assert_array_equal(
-            (i2t, t2i), brute_force_ranks(images, texts, image_pos, text_pos))
+        expected_i2t, expected_t2i = brute_force_ranks(images, texts, image_pos, text_pos)
+        np.testing.assert_array_equal(i2t, expected_i2t)
+        np.testing.assert_array_equal(t2i, expected_t2i)
 
 
 def test_k_beyond_candidates_and_block_sizes_agree():
@@ -170,11 +171,11 @@ def test_tiles_never_exceed_block_size_and_compile_once(monkeypatch):
     monkeypatch.setattr(retrieval, "_similarity_tile", spy)
     images, texts = random_embeddings(4, 45, 50)
     # Text t describes image t % 45: positive pairs on the diagonal, and texts 45..49 on
-    # images 0..4, i.e. in tile (image block 0, text block 2).
+    # images 0..4, i.e. in tiles (image block 0, text blocks 2 and 3).
     image_pos, text_pos = retrieval.positives_from_pairs(np.arange(50) % 45, 45)
     retrieval.retrieval_ranks(images, texts, image_pos, text_pos, block_size=16)
     assert set(shapes) == {((16, 8), (16, 8))}  # one padded shape: compiled once
-    pass_one = 3 + 1  # only the tiles holding a positive pair
+    pass_one = 3 + 2  # only the tiles holding a positive pair
     pass_two = 3 * 4  # every tile: ceil(45/16) x ceil(50/16)
     assert len(shapes) == pass_one + pass_two
 
