@@ -1,10 +1,12 @@
 """Flags and set-up shared by the evaluation binaries."""
 
 import os
+from typing import Any, Callable
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
+from medclip_jax import cli
 from medclip_jax.evaluation import runner
 
 config_flags.DEFINE_config_file("config", "configs/eval.py:demo",
@@ -22,3 +24,24 @@ def load() -> tuple[runner.LoadedModel, str, str]:
     data_dir = config.data_dir or loaded.train_config.data.data_dir
     output_dir = config.output_dir or os.path.join(FLAGS.workdir, "eval")
     return loaded, data_dir, output_dir
+
+
+def publish(output_dir: str, name: str, title: str, step: int, results: dict[str, Any],
+            table: str) -> None:
+    """Writes `<name>_step<N>.json/.md` and prints the table."""
+    path = runner.write_results(output_dir, f"{name}_step{step}",
+                                {"step": step, "workdir": FLAGS.workdir, "results": results},
+                                table)
+    print(f"{title}, checkpoint step {step}:\n{table}\n(written to {path})", flush=True)
+
+
+def run_binary(run: Callable[[], None]) -> None:
+    """absl entry point of an eval binary: distributed start-up, one-line user errors."""
+
+    def main(argv):
+        del argv
+        cli.maybe_initialize_distributed()
+        cli.run_user_main(run)
+
+    flags.mark_flag_as_required("workdir")
+    app.run(main)

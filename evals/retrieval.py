@@ -10,14 +10,12 @@ similarity tiles of ``retrieval.block_size`` so memory does not grow with the te
 
 from typing import Any
 
-import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from evals import common
-from medclip_jax import cli
-from medclip_jax.data import pipeline, sources
-from medclip_jax.evaluation import embed, retrieval, runner
+from medclip_jax.data import sources
+from medclip_jax.evaluation import retrieval, runner
 
 FLAGS = flags.FLAGS
 
@@ -35,14 +33,8 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str, batch
     annotations = sources.load_annotations(data_dir, entry.name, entry.split)
     texts, image_positives, text_positives = retrieval.build_positives(
         captions_per_image(annotations))
-    model_cfg = loaded.train_config.model
-    batches = pipeline.make_eval_iterator(
-        data_dir, entry.name, entry.split, image_size=model_cfg.image.image_size,
-        max_len=model_cfg.text.max_len, tokenizer=loaded.tokenizer,
-        global_batch_size=batch_size, process_index=jax.process_index(),
-        process_count=jax.process_count(), data_config=loaded.train_config.data)
-    image_emb = embed.embed_batches(loaded.model, loaded.params, batches, loaded.mesh,
-                                    texts=False)["image_emb"]
+    image_emb = runner.embed_split_images(loaded, data_dir, entry.name, entry.split,
+                                          batch_size)
     text_emb = runner.embed_texts(loaded, texts, batch_size)
     result = retrieval.retrieval_metrics(image_emb, text_emb, image_positives, text_positives,
                                          ks=ks, block_size=block_size)
@@ -67,18 +59,8 @@ def run() -> None:
                          min(10 / candidates, 1.0), r[f"{direction}_mean_rank"],
                          r[f"{direction}_median_rank"]])
     table = runner.markdown_table(header, rows)
-    path = runner.write_results(output_dir, f"retrieval_step{loaded.step}",
-                                {"step": loaded.step, "workdir": FLAGS.workdir,
-                                 "datasets": results}, table)
-    print(f"Retrieval, checkpoint step {loaded.step}:\n{table}\n(written to {path})", flush=True)
-
-
-def main(argv):
-    del argv
-    cli.maybe_initialize_distributed()
-    cli.run_user_main(run)
+    common.publish(output_dir, "retrieval", "Retrieval", loaded.step, results, table)
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("workdir")
-    app.run(main)
+    common.run_binary(run)

@@ -11,15 +11,13 @@ two-class tasks.
 
 from typing import Any
 
-import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from evals import common
-from medclip_jax import cli
-from medclip_jax.data import pipeline, sources
+from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import embed, metrics, runner, zero_shot
+from medclip_jax.evaluation import metrics, runner, zero_shot
 
 FLAGS = flags.FLAGS
 
@@ -42,14 +40,8 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str,
         raise UserError(f"config.zero_shot.datasets: {spec} has no zero-shot tasks "
                         f"(class names and templates) in its metadata")
     annotations = sources.load_annotations(data_dir, entry.name, entry.split)
-    model_cfg = loaded.train_config.model
-    batches = pipeline.make_eval_iterator(
-        data_dir, entry.name, entry.split, image_size=model_cfg.image.image_size,
-        max_len=model_cfg.text.max_len, tokenizer=loaded.tokenizer,
-        global_batch_size=batch_size, process_index=jax.process_index(),
-        process_count=jax.process_count(), data_config=loaded.train_config.data)
-    image_emb = embed.embed_batches(loaded.model, loaded.params, batches, loaded.mesh,
-                                    texts=False)["image_emb"]
+    image_emb = runner.embed_split_images(loaded, data_dir, entry.name, entry.split,
+                                          batch_size)
     labels = np.asarray(annotations["label"])
     modalities = annotations.get("modality")
     if len(image_emb) != len(labels):
@@ -81,19 +73,8 @@ def run() -> None:
     rows = [[name, r["num_samples"], r["top1"], r["chance_top1"], r["balanced_accuracy"],
              r["macro_f1"], r["macro_auroc"]] for name, r in results.items()]
     table = runner.markdown_table(header, rows)
-    path = runner.write_results(output_dir, f"zero_shot_step{loaded.step}",
-                                {"step": loaded.step, "workdir": FLAGS.workdir,
-                                 "tasks": results}, table)
-    print(f"Zero-shot classification, checkpoint step {loaded.step}:\n{table}\n"
-          f"(written to {path})", flush=True)
-
-
-def main(argv):
-    del argv
-    cli.maybe_initialize_distributed()
-    cli.run_user_main(run)
+    common.publish(output_dir, "zero_shot", "Zero-shot classification", loaded.step, results, table)
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("workdir")
-    app.run(main)
+    common.run_binary(run)

@@ -48,9 +48,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise UserError(f"config.{field} must be a positive integer, got {value!r}")
     if config.num_epochs <= 0:
         raise UserError(f"config.num_epochs must be positive, got {config.num_epochs}")
-    if config.model.dtype not in ("float32", "bfloat16"):
-        raise UserError(f"config.model.dtype must be 'float32' or 'bfloat16', got "
-                        f"{config.model.dtype!r}")
 
 
 def model_config_with_vocab(model_config: ml_collections.ConfigDict,

@@ -51,7 +51,7 @@ def test_loss_decreases_and_evals_run_from_checkpoint(tiny_data_dir, tmp_path):
     zero_shot = json.load(open(os.path.join(workdir, "eval",
                                             next(f for f in outputs if f.startswith("zero_shot")
                                                  and f.endswith(".json")))))
-    assert set(zero_shot["tasks"]) == {"synthetic_medical@tiny/test:chest_xray",
+    assert set(zero_shot["results"]) == {"synthetic_medical@tiny/test:chest_xray",
                                        "synthetic_medical@tiny/test:histopathology"}
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from medclip_jax import checkpointing, sharding, train
-from medclip_jax.data import tokenizers
+from medclip_jax.data import pipeline, tokenizers
 from medclip_jax.evaluation import embed
 from medclip_jax.models import DualEncoder, build_model
 
@@ -61,6 +61,19 @@ def embed_texts(loaded: LoadedModel, texts: Sequence[str], global_batch_size: in
                            global_batch_size)
     out = embed.embed_batches(loaded.model, loaded.params, batches, loaded.mesh, images=False)
     return out["text_emb"]
+
+
+def embed_split_images(loaded: LoadedModel, data_dir: str, name: str, split: str,
+                       global_batch_size: int) -> np.ndarray:
+    """[N, E] image embeddings of every record of a split, in record order."""
+    model_cfg = loaded.train_config.model
+    batches = pipeline.make_eval_iterator(
+        data_dir, name, split, image_size=model_cfg.image.image_size,
+        max_len=model_cfg.text.max_len, tokenizer=loaded.tokenizer,
+        global_batch_size=global_batch_size, process_index=jax.process_index(),
+        process_count=jax.process_count(), data_config=loaded.train_config.data)
+    return embed.embed_batches(loaded.model, loaded.params, batches, loaded.mesh,
+                               texts=False)["image_emb"]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
