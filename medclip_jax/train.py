@@ -137,6 +137,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
     model = build_model(config.model)
 
     num_examples = pipeline.num_examples(config.data, config.data.train_mixture)
+    if config.eval.every_steps > 0:  # Fail now, not after the first stretch of training.
+        entry = sources.parse_mixture(config.eval.split, field="config.eval.split")[0]
+        sources.num_records(config.data.data_dir, entry.name, entry.split)
     total_steps = optim.total_train_steps(num_examples, config.num_epochs, config.batch_size)
     if config.max_steps > 0:
         total_steps = min(total_steps, config.max_steps)
@@ -248,6 +251,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if done % config.log_every_steps == 0 or done == run.total_steps:
             logged = jax.tree.map(lambda *xs: np.mean([np.asarray(x) for x in xs]), *pending)
             pending = []
+            if not np.isfinite(logged["loss"]):
+                checkpointer.close()
+                raise UserError(f"training diverged: the loss is {logged['loss']} at step "
+                                f"{done}; the last good checkpoint is step "
+                                f"{checkpointer.latest_step()} (lower config.optim.learning_rate "
+                                f"or use float32)")
             timing = progress.report(done)
             values = writer.write(done, {**logged, **timing}, prefix="train/")
             print(f"step {done}/{run.total_steps} loss {values['train/loss']:.4f} "

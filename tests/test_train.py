@@ -158,3 +158,16 @@ def test_data_parallel_and_fsdp_give_the_same_params(tiny_data_dir, tmp_path):
     assert kernel.addressable_shards[0].data.size * 4 == kernel.size
     for a, b in zip(jax.tree.leaves(dp), jax.tree.leaves(fsdp)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_missing_eval_split_fails_at_start(tiny_data_dir, tmp_path):
+    config = tiny_config(tiny_data_dir, **{"eval.split": "synthetic_medical@tiny/nope"})
+    with pytest.raises(UserError, match="nope"):
+        train.setup(config, str(tmp_path))
+
+
+def test_divergence_stops_with_one_line(tiny_data_dir, tmp_path):
+    config = tiny_config(tiny_data_dir, max_steps=2, **{"optim.learning_rate": float("nan"),
+                                                        "eval.every_steps": 0})
+    with pytest.raises(UserError, match="diverged"):
+        train.train_and_evaluate(config, str(tmp_path))
