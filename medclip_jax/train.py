@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from medclip_jax import checkpointing, losses, models, optim, sharding
+from medclip_jax import checkpointing, losses, models, optim, preemption, sharding
 from medclip_jax.data import pipeline, sources, tokenizers
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import embed, retrieval
@@ -223,8 +223,28 @@ def validate(run: Run, params: Any) -> dict[str, float]:
     return {"loss": float(np.mean(chunk_losses)), **keep}
 
 
+def log_train_metrics(writer: MetricWriter, progress: Progress, pending: list[dict], done: int,
+                      total_steps: int, checkpointer: checkpointing.Checkpointer) -> None:
+    """Averages the metrics since the last log line, writes them, and stops on divergence."""
+    logged = jax.tree.map(lambda *xs: np.mean([np.asarray(x) for x in xs]), *pending)
+    if not np.isfinite(logged["loss"]):
+        checkpointer.close()
+        raise UserError(f"training diverged: the loss is {logged['loss']} at step {done}; the "
+                        f"last good checkpoint is step {checkpointer.latest_step()} (lower "
+                        f"config.optim.learning_rate, or use float32)")
+    values = writer.write(done, {**logged, **progress.report(done)}, prefix="train/")
+    print(f"step {done}/{total_steps} loss {values['train/loss']:.4f} "
+          f"lr {values['train/learning_rate']:.2e} scale {values['train/logit_scale']:.2f} "
+          f"{values['train/pairs_per_s']:.0f} pairs/s "
+          f"{values['train/step_time_s'] * 1000:.0f} ms/step "
+          f"eta {format_duration(values['train/eta_s'])}", flush=True)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains (resuming if the workdir has checkpoints) and returns the final state."""
+    """Trains (resuming if the workdir has checkpoints) and returns the final state.
+
+    Stops early, after saving a checkpoint, when the job receives SIGTERM.
+    """
     run, checkpointer = setup(config, workdir)
     config = run.config
     writer = MetricWriter(workdir)
@@ -235,44 +255,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     progress = Progress(run.total_steps, start_step, config.batch_size)
     compile_start = time.perf_counter()
     pending = []
-    for step in range(start_step, run.total_steps):
-        local_batch = next(run.data_iter)
-        batch = sharding.to_global_batch(
-            {k: local_batch[k] for k in ("image", "text_ids", "text_mask")}, run.mesh)
-        state, metrics = run.train_step(state, batch, step_rng(config.seed, step))
-        if step == start_step:
-            jax.block_until_ready(metrics)
-            compile_s = time.perf_counter() - compile_start
-            print(f"step {step + 1}: compiled and ran the first train step in {compile_s:.1f}s",
-                  flush=True)
-            progress = Progress(run.total_steps, step + 1, config.batch_size)
-        pending.append(metrics)
-        done = step + 1
-        if done % config.log_every_steps == 0 or done == run.total_steps:
-            logged = jax.tree.map(lambda *xs: np.mean([np.asarray(x) for x in xs]), *pending)
-            pending = []
-            if not np.isfinite(logged["loss"]):
-                checkpointer.close()
-                raise UserError(f"training diverged: the loss is {logged['loss']} at step "
-                                f"{done}; the last good checkpoint is step "
-                                f"{checkpointer.latest_step()} (lower config.optim.learning_rate "
-                                f"or use float32)")
-            timing = progress.report(done)
-            values = writer.write(done, {**logged, **timing}, prefix="train/")
-            print(f"step {done}/{run.total_steps} loss {values['train/loss']:.4f} "
-                  f"lr {values['train/learning_rate']:.2e} "
-                  f"scale {values['train/logit_scale']:.2f} "
-                  f"{values['train/pairs_per_s']:.0f} pairs/s "
-                  f"{values['train/step_time_s'] * 1000:.0f} ms/step "
-                  f"eta {format_duration(values['train/eta_s'])}", flush=True)
-        if config.eval.every_steps > 0 and (done % config.eval.every_steps == 0
-                                            or done == run.total_steps):
-            val = writer.write(done, validate(run, state.params), prefix="val/")
-            print(f"step {done} validation: " +
-                  " ".join(f"{k[4:]} {v:.4f}" for k, v in val.items()), flush=True)
-        if done % config.checkpoint.every_steps == 0 or done == run.total_steps:
-            checkpointer.save(done, state.params, rest_of_state(state), config.to_dict(),
-                              run.data_iter)
+    with preemption.PreemptionWatcher() as watcher:
+        for step in range(start_step, run.total_steps):
+            local_batch = next(run.data_iter)
+            batch = sharding.to_global_batch(
+                {k: local_batch[k] for k in ("image", "text_ids", "text_mask")}, run.mesh)
+            state, metrics = run.train_step(state, batch, step_rng(config.seed, step))
+            done = step + 1
+            if step == start_step:
+                jax.block_until_ready(metrics)
+                print(f"step {done}: compiled and ran the first train step in "
+                      f"{time.perf_counter() - compile_start:.1f}s", flush=True)
+                progress = Progress(run.total_steps, done, config.batch_size)
+            pending.append(metrics)
+            last = done == run.total_steps
+            if done % config.log_every_steps == 0 or last:
+                log_train_metrics(writer, progress, pending, done, run.total_steps, checkpointer)
+                pending = []
+            if config.eval.every_steps > 0 and (done % config.eval.every_steps == 0 or last):
+                val = writer.write(done, validate(run, state.params), prefix="val/")
+                print(f"step {done} validation: " +
+                      " ".join(f"{k[4:]} {v:.4f}" for k, v in val.items()), flush=True)
+            stop = done % config.log_every_steps == 0 and watcher.should_stop()
+            if stop or done % config.checkpoint.every_steps == 0 or last:
+                checkpointer.save(done, state.params, rest_of_state(state), config.to_dict(),
+                                  run.data_iter)
+            if stop:
+                print(f"Stopped by SIGTERM at step {done}; checkpoint saved. Re-run the same "
+                      f"command to resume.", flush=True)
+                break
     checkpointer.close()
     writer.close()
     return state

@@ -65,26 +65,42 @@ def _wait_for_line(process: subprocess.Popen, needle: str, timeout: float) -> No
     raise AssertionError(f"never saw {needle!r}")
 
 
-def test_sigkill_resume_matches_uninterrupted_run(tiny_data_dir, tmp_path):
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigkill_and_sigterm_resume_match_uninterrupted_run(tiny_data_dir, tmp_path):
     env = subprocess_env(num_devices=1)
     args = ("--config.num_epochs=15", "--config.eval.every_steps=0",
             "--config.checkpoint.every_steps=10", "--config.log_every_steps=1")
     reference = str(tmp_path / "reference")
     result = run(tiny_train_args(tiny_data_dir, reference, *args), env)
     assert result.returncode == 0, result.stderr[-3000:]
+    total = final_params(reference)["step"]
 
     resumed = str(tmp_path / "resumed")
-    process = subprocess.Popen(tiny_train_args(tiny_data_dir, resumed, *args), cwd=REPO_ROOT,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    process = _start(tiny_train_args(tiny_data_dir, resumed, *args), env)
     _wait_for_line(process, "step 25/", timeout=240)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted = final_params(resumed)["step"]
-    assert 10 <= interrupted < 90
+    killed_at = final_params(resumed)["step"]
+    assert 10 <= killed_at < total and killed_at % 10 == 0
+
+    # SIGTERM (preemption): a checkpoint at the step it stopped, exit code 0.
+    process = _start(tiny_train_args(tiny_data_dir, resumed, *args), env)
+    _wait_for_line(process, f"Resumed from checkpoint at step {killed_at}", timeout=240)
+    _wait_for_line(process, f"step {killed_at + 13}/", timeout=240)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=240)[0]
+    assert process.returncode == 0, output[-3000:]
+    assert "Stopped by SIGTERM at step" in output
+    stopped_at = final_params(resumed)["step"]
+    assert killed_at + 13 <= stopped_at < total
+
     result = run(tiny_train_args(tiny_data_dir, resumed, *args), env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Resumed from checkpoint at step {interrupted}" in result.stdout
+    assert f"Resumed from checkpoint at step {stopped_at}" in result.stdout
     assert_params_close(final_params(resumed), final_params(reference), rtol=1e-6, atol=1e-6)
 
 
