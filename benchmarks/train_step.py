@@ -45,7 +45,9 @@ def benchmark(preset: str, batch_size: int, steps: int, dtype: str | None) -> di
                              opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(params))
     state_shardings = train.TrainState(step=sharding.replicated(mesh), params=p_shardings,
                                        opt_state=opt_shardings)
-    step_fn = train.make_train_step(model, tx, schedule, losses.get_loss(config.method), {})
+    grad_fn = train.make_grad_fn(model, losses.get_loss(config.method), dict(config.loss),
+                                 config.grad_accum_steps, mesh)
+    step_fn = train.make_train_step(tx, schedule, grad_fn)
     jitted = jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh),
                                             sharding.replicated(mesh)),
                      out_shardings=(state_shardings, sharding.replicated(mesh)),

@@ -10,6 +10,8 @@ Fields:
                     takes the tokenizer's vocabulary size.
   data              input pipeline (see ``medclip_jax/data/pipeline.py``).
   batch_size        global batch size, split over all data-parallel devices.
+  grad_accum_steps  split each global batch into this many micro-batches for memory; the loss
+                    still sees the whole batch (every negative), see train.make_train_step.
   num_epochs        the schedule length is derived from it and the dataset size.
   max_steps         if > 0, stop after this many steps (smoke tests, benchmarks).
   optim             AdamW, warmup + cosine, clipping, no-decay and lr-multiplier/freeze rules.
@@ -53,6 +55,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.caption_field = "caption"
 
     config.batch_size = 128
+    config.grad_accum_steps = 1
     config.num_epochs = 10.0
     config.max_steps = -1
 

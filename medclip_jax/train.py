@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from medclip_jax import checkpointing, losses, models, optim, preemption, sharding
 from medclip_jax.data import pipeline, sources, tokenizers
@@ -89,20 +89,108 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
                         abstract, shardings)
 
 
-def make_train_step(model: DualEncoder, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, loss_fn: Callable, loss_kwargs: dict[str, Any]
-                    ) -> Callable:
-    """The pure step `(state, batch, rng) -> (state, metrics)`."""
+def split_microbatches(batch: dict[str, jax.Array], count: int, mesh: Mesh | None = None
+                       ) -> dict[str, jax.Array]:
+    """[B, ...] -> [count, B / count, ...], each micro-batch still split over the data axes.
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+    Row r of micro-batch m is global row m + count * r, so every device keeps its own rows.
+    """
+    def split(x):
+        x = x.reshape(x.shape[0] // count, count, *x.shape[1:]).swapaxes(0, 1)
+        if mesh is None:
+            return x
+        return jax.lax.with_sharding_constraint(
+            x, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
+
+    return jax.tree.map(split, batch)
+
+
+def merge_microbatches(tree: Any, count: int) -> Any:
+    """Inverse of `split_microbatches` for stacked outputs; stacked scalars are taken once.
+
+    Per-example outputs stack to [count, b, ...] (>= 2 dims); a scalar output (the logit scale,
+    the same in every micro-batch) stacks to [count].
+    """
+    def merge(x):
+        if x.ndim == 1:
+            return x[0]
+        return x.swapaxes(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+    return jax.tree.map(merge, tree)
+
+
+def _is_float(x: Any) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+def float_leaves(tree: Any) -> list[jax.Array]:
+    """The differentiable leaves of a tree (masks and ids are integer)."""
+    return [x for x in jax.tree.leaves(tree) if _is_float(x)]
+
+
+def replace_float_leaves(tree: Any, new_leaves: list[jax.Array]) -> Any:
+    leaves, treedef = jax.tree.flatten(tree)
+    replacements = iter(new_leaves)
+    return jax.tree.unflatten(treedef, [next(replacements) if _is_float(x) else x
+                                        for x in leaves])
+
+
+def make_grad_fn(model: DualEncoder, loss_fn: Callable, loss_kwargs: dict[str, Any],
+                 grad_accum_steps: int = 1, mesh: Mesh | None = None) -> Callable:
+    """`(params, batch, rng) -> ((loss, (metrics, logit_scale)), grads)` for one global batch.
+
+    With `grad_accum_steps > 1` the loss still sees the whole global batch (every negative),
+    while activations are only ever kept for one micro-batch: a gradient-free forward pass
+    embeds each micro-batch, the loss and its gradient w.r.t. the embeddings are computed on
+    the full batch, then each micro-batch is run again and back-propagated with its slice of
+    those embedding gradients (the "gradient cache" scheme), and the param gradients summed.
+    """
+
+    def forward(params, batch, rng):
+        return model.apply({"params": params}, batch["image"], batch["text_ids"],
+                           batch["text_mask"], train=True, rngs={"dropout": rng})
+
+    def full_batch_grads(params, batch, rng):
         def compute_loss(params):
-            outputs = model.apply({"params": params}, batch["image"], batch["text_ids"],
-                                  batch["text_mask"], train=True, rngs={"dropout": rng})
+            outputs = forward(params, batch, rng)
             loss, metrics = loss_fn(outputs, **loss_kwargs)
             return loss, (metrics, outputs.logit_scale)
 
-        (loss, (metrics, logit_scale)), grads = jax.value_and_grad(
-            compute_loss, has_aux=True)(state.params)
+        return jax.value_and_grad(compute_loss, has_aux=True)(params)
+
+    def accumulated_grads(params, batch, rng):
+        micro = split_microbatches(batch, grad_accum_steps, mesh)
+        micro_rngs = jax.random.split(rng, grad_accum_steps)
+        outputs = jax.lax.map(lambda xs: forward(params, xs[0], xs[1]), (micro, micro_rngs))
+        merged = jax.lax.stop_gradient(merge_microbatches(outputs, grad_accum_steps))
+        (loss, metrics), output_grads = jax.value_and_grad(
+            lambda leaves: loss_fn(replace_float_leaves(merged, leaves), **loss_kwargs),
+            has_aux=True)(float_leaves(merged))
+        # Each micro-batch gets its rows of the embedding gradients; a shared scalar's
+        # gradient is split evenly, since every micro-batch's forward pass produces it.
+        micro_output_grads = [
+            jnp.broadcast_to(g / grad_accum_steps, (grad_accum_steps,)) if g.ndim == 0
+            else split_microbatches({"g": g}, grad_accum_steps, mesh)["g"]
+            for g in output_grads]
+
+        def add_micro_grads(total, xs):
+            micro_batch, micro_rng, cotangent = xs
+            _, vjp = jax.vjp(lambda p: float_leaves(forward(p, micro_batch, micro_rng)), params)
+            return jax.tree.map(jnp.add, total, vjp(cotangent)[0]), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, _ = jax.lax.scan(add_micro_grads, zeros, (micro, micro_rngs, micro_output_grads))
+        return (loss, (metrics, merged.logit_scale)), grads
+
+    return accumulated_grads if grad_accum_steps > 1 else full_batch_grads
+
+
+def make_train_step(tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    grad_fn: Callable) -> Callable:
+    """The pure step `(state, batch, rng) -> (state, metrics)`."""
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+        (loss, (metrics, logit_scale)), grads = grad_fn(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {**metrics, "loss": loss, "logit_scale": logit_scale,
@@ -131,6 +219,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
     validate_config(config)
     mesh = sharding.make_mesh(dict(config.mesh))
     sharding.check_batch_size(config.batch_size, mesh)
+    if config.grad_accum_steps < 1 or config.batch_size % (
+            config.grad_accum_steps * sharding.data_parallel_size(mesh)):
+        raise UserError(f"config.grad_accum_steps={config.grad_accum_steps}: the batch size "
+                        f"{config.batch_size} must split into that many micro-batches, each "
+                        f"divisible by the data-parallel size {sharding.data_parallel_size(mesh)}")
     tokenizer = tokenizers.load_tokenizer(config.data.tokenizer)
     config = ml_collections.ConfigDict(config.to_dict())
     config.model = model_config_with_vocab(config.model, tokenizer)
@@ -171,7 +264,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
         state = TrainState(step=rest["step"], params=params, opt_state=rest["opt_state"])
 
     loss_fn = losses.get_loss(config.method)
-    step_fn = make_train_step(model, tx, schedule, loss_fn, dict(config.loss))
+    grad_fn = make_grad_fn(model, loss_fn, dict(config.loss), config.grad_accum_steps, mesh)
+    step_fn = make_train_step(tx, schedule, grad_fn)
     batch_sharding = sharding.batch_sharding(mesh)
     jitted = jax.jit(step_fn,
                      in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),

@@ -1,0 +1,71 @@
+"""Gradient accumulation keeps every negative: same update as the full batch at once."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from medclip_jax import losses, sharding, train
+from medclip_jax.errors import UserError
+from medclip_jax.models import build_model, model_config
+
+
+def test_accumulated_grads_equal_full_batch_grads():
+    config = model_config("tiny")
+    config.text.vocab_size = 100
+    model = build_model(config)
+    mesh = sharding.make_mesh({"data": 4, "fsdp": 2})
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 17, size=32)
+    batch = sharding.to_global_batch({
+        "image": rng.normal(size=(32, 32, 32, 3)).astype(np.float32),
+        "text_ids": rng.integers(1, 100, size=(32, 16)).astype(np.int32),
+        "text_mask": (np.arange(16)[None, :] < lengths[:, None]).astype(np.int32)}, mesh)
+    params = train.init_params(model, config, jax.random.key(0),
+                               sharding.tree_shardings(train.abstract_params(model, config),
+                                                       ((".*", "fsdp"),), mesh))
+    results = {}
+    for accum in (1, 4):
+        grad_fn = jax.jit(train.make_grad_fn(model, losses.get_loss("clip"), {}, accum, mesh))
+        results[accum] = grad_fn(params, batch, jax.random.key(1))
+    (loss_1, _), grads_1 = results[1]
+    (loss_4, _), grads_4 = results[4]
+    np.testing.assert_allclose(loss_4, loss_1, rtol=1e-6)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(grads_1)[0],
+                            jax.tree.leaves(grads_4)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6,
+                                   err_msg=jax.tree_util.keystr(path))
+    assert float(np.abs(np.asarray(grads_1["logit_scale"]))) > 0
+
+
+def params_after(data_dir: str, workdir: str, accum: int, batch_size: int):
+    config = tiny_config(data_dir, max_steps=3, batch_size=batch_size, grad_accum_steps=accum,
+                         **{"eval.every_steps": 0, "checkpoint.every_steps": 100})
+    return train.train_and_evaluate(config, workdir).params
+
+
+def test_accumulated_gradients_match_full_batch(tiny_data_dir, tmp_path):
+    full = params_after(tiny_data_dir, str(tmp_path / "full"), 1, 32)
+    accumulated = params_after(tiny_data_dir, str(tmp_path / "accum"), 4, 32)
+    for path, a in jax.tree_util.tree_flatten_with_path(full)[0]:
+        b = accumulated
+        for key in path:
+            b = b[key.key]
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=2e-5,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def test_micro_batches_must_split_over_devices(tiny_data_dir, tmp_path):
+    with pytest.raises(UserError, match="config.grad_accum_steps=4"):
+        train.setup(tiny_config(tiny_data_dir, batch_size=16, grad_accum_steps=4),
+                    str(tmp_path))
+
+
+def test_split_and_merge_are_inverse():
+    batch = {"x": np.arange(24).reshape(12, 2)}
+    micro = train.split_microbatches(batch, 3)
+    assert micro["x"].shape == (3, 4, 2)
+    np.testing.assert_array_equal(micro["x"][1, :, 0], [2, 8, 14, 20])
+    merged = train.merge_microbatches({"x": micro["x"], "s": np.ones(3)}, 3)
+    np.testing.assert_array_equal(merged["x"], batch["x"])
+    assert merged["s"].shape == ()
