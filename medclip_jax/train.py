@@ -41,7 +41,7 @@ def rest_of_state(state: TrainState) -> dict[str, Any]:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Fails at start-up, naming the field, on values that cannot work."""
-    losses.get_loss(config.method)
+    losses.check_loss_kwargs(config.method, dict(config.loss))
     for field in ("batch_size", "log_every_steps", "checkpoint.every_steps"):
         value = functools.reduce(getattr, field.split("."), config)
         if not isinstance(value, int) or value <= 0:

@@ -40,6 +40,6 @@ def clip_loss(image_emb: jax.Array, text_emb: jax.Array,
     return loss, metrics
 
 
-def clip_loss_from_outputs(outputs, **unused_kwargs) -> tuple[jax.Array, dict[str, jax.Array]]:
+def clip_loss_from_outputs(outputs) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Registry adapter: the CLIP loss needs only the pooled embeddings and the scale."""
     return clip_loss(outputs.image_emb, outputs.text_emb, outputs.logit_scale)

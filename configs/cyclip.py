@@ -1,0 +1,18 @@
+"""CyCLIP (Goel et al. 2022): the CLIP loss plus in-modal and cross-modal cyclic consistency
+terms, weights 0.25 each. `loss.reduction`: "mean" over the N^2 entries, or "paper" (the
+paper's (1/N) sum). Everything else is the shared base setup.
+
+    python -m medclip_jax.main --config configs/cyclip.py:demo --workdir runs/cyclip_demo
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    config = base.apply_preset(base.get_base_config(), arg)
+    config.method = "cyclip"
+    config.loss = ml_collections.ConfigDict(
+        {"in_modal_weight": 0.25, "cross_modal_weight": 0.25, "reduction": "mean"})
+    return config

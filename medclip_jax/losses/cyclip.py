@@ -1,0 +1,50 @@
+"""CyCLIP (Goel et al. 2022, arXiv 2205.14459): CLIP + cyclic consistency regularisers.
+
+With L2-normalised image I and text T embeddings ([N, E]):
+
+    L = L_CLIP + w_in * C_in + w_cross * C_cross
+    C_in    = reduce((I I^T - T T^T)^2)      in-modal consistency
+    C_cross = reduce((I T^T - T I^T)^2)      cross-modal consistency
+
+``reduction = "mean"`` (default, as this project's issue states it) averages over the N^2
+entries; ``reduction = "paper"`` uses the paper's (1/N) sum over all N^2 entries, i.e. N times
+the mean (what the authors' code computes). Weights default to 0.25 each.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from medclip_jax.errors import UserError
+from medclip_jax.losses.clip import clip_loss, l2_normalize
+
+REDUCTIONS = ("mean", "paper")
+
+
+def cyclic_terms(image_emb: jax.Array, text_emb: jax.Array, reduction: str = "mean"
+                 ) -> tuple[jax.Array, jax.Array]:
+    if reduction not in REDUCTIONS:
+        raise UserError(f"config.loss.reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    image, text = l2_normalize(image_emb), l2_normalize(text_emb)
+    cross = image @ text.T
+    in_modal = jnp.mean(jnp.square(image @ image.T - text @ text.T))
+    cross_modal = jnp.mean(jnp.square(cross - cross.T))
+    if reduction == "paper":
+        n = image.shape[0]
+        in_modal, cross_modal = in_modal * n, cross_modal * n
+    return in_modal, cross_modal
+
+
+def cyclip_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
+                in_modal_weight: float = 0.25, cross_modal_weight: float = 0.25,
+                reduction: str = "mean") -> tuple[jax.Array, dict[str, jax.Array]]:
+    contrastive, metrics = clip_loss(image_emb, text_emb, logit_scale)
+    in_modal, cross_modal = cyclic_terms(image_emb, text_emb, reduction)
+    loss = contrastive + in_modal_weight * in_modal + cross_modal_weight * cross_modal
+    return loss, {**metrics, "clip_loss": contrastive, "in_modal_cyclic": in_modal,
+                  "cross_modal_cyclic": cross_modal}
+
+
+def cyclip_loss_from_outputs(outputs, in_modal_weight: float = 0.25,
+                             cross_modal_weight: float = 0.25, reduction: str = "mean"):
+    return cyclip_loss(outputs.image_emb, outputs.text_emb, outputs.logit_scale,
+                       in_modal_weight, cross_modal_weight, reduction)

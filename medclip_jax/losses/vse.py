@@ -1,0 +1,40 @@
+"""VSE++ (Faghri et al. 2018, arXiv 1707.05612): hinge triplet ranking on cosine similarity.
+
+With s(i, t) the cosine similarity, margin alpha and the positive pairs on the diagonal:
+
+    VSE++ (max_violation):  l_i = [alpha - s(i_i, t_i) + max_{j != i} s(i_i, t_j)]_+
+                                + [alpha - s(i_i, t_i) + max_{j != i} s(i_j, t_i)]_+
+    VSE0 (sum of hinges):   l_i = sum_{j != i} [alpha - s(i_i, t_i) + s(i_i, t_j)]_+
+                                + sum_{j != i} [alpha - s(i_i, t_i) + s(i_j, t_i)]_+
+    L = 1/N sum_i l_i
+
+The hardest negative is taken over the whole global batch. The paper sums over the batch; we
+average (the same optimum; the learning rate absorbs the factor N). The model's logit scale is
+not used.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from medclip_jax.losses.clip import l2_normalize
+
+
+def vse_loss(image_emb: jax.Array, text_emb: jax.Array, margin: float = 0.2,
+             max_violation: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+    scores = l2_normalize(image_emb) @ l2_normalize(text_emb).T
+    positive = jnp.diagonal(scores)
+    off_diagonal = ~jnp.eye(scores.shape[0], dtype=bool)
+    cost_text = jnp.where(off_diagonal, jnp.maximum(0.0, margin - positive[:, None] + scores),
+                          0.0)
+    cost_image = jnp.where(off_diagonal, jnp.maximum(0.0, margin - positive[None, :] + scores),
+                           0.0)
+    if max_violation:
+        per_image, per_text = cost_text.max(axis=1), cost_image.max(axis=0)
+    else:
+        per_image, per_text = cost_text.sum(axis=1), cost_image.sum(axis=0)
+    loss_i2t, loss_t2i = jnp.mean(per_image), jnp.mean(per_text)
+    return loss_i2t + loss_t2i, {"loss_i2t": loss_i2t, "loss_t2i": loss_t2i}
+
+
+def vse_loss_from_outputs(outputs, margin: float = 0.2, max_violation: bool = True):
+    return vse_loss(outputs.image_emb, outputs.text_emb, margin, max_violation)
