@@ -1,6 +1,7 @@
 """VSE++ (Faghri et al. 2018): hinge triplet loss on cosine similarities with the hardest
 negative of the global batch, margin 0.2; `--config.loss.max_violation=False` gives VSE0 (the
-sum over all negatives). Everything else is the shared base setup.
+sum over all negatives); `loss.reduction`: "mean" over the batch (default) or "sum" (the
+authors' released code). Everything else is the shared base setup.
 
     python -m medclip_jax.main --config configs/vse.py:demo --workdir runs/vse_demo
 """
@@ -13,5 +14,6 @@ from configs import base
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config = base.apply_preset(base.get_base_config(), arg)
     config.method = "vse"
-    config.loss = ml_collections.ConfigDict({"margin": 0.2, "max_violation": True})
+    config.loss = ml_collections.ConfigDict({"margin": 0.2, "max_violation": True,
+                                          "reduction": "mean"})
     return config

@@ -28,7 +28,7 @@ def ref_convirt(image, text, tau, lam):
     return total / n
 
 
-def ref_vse(image, text, margin, max_violation):
+def ref_vse(image, text, margin, max_violation, reduction="mean"):
     s = unit(image) @ unit(text).T
     n = len(s)
     total = 0.0
@@ -37,7 +37,7 @@ def ref_vse(image, text, margin, max_violation):
         image_costs = [max(0.0, margin - s[i, i] + s[j, i]) for j in range(n) if j != i]
         pick = max if max_violation else sum
         total += pick(text_costs) + pick(image_costs)
-    return total / n
+    return total / n if reduction == "mean" else total
 
 
 def ref_clip(image, text, scale):
@@ -53,7 +53,7 @@ def ref_cyclip(image, text, scale, w_in, w_cross, reduction):
     n = len(I)
     in_modal = sum((I[j] @ I[k] - T[j] @ T[k]) ** 2 for j in range(n) for k in range(n))
     cross = sum((I[j] @ T[k] - I[k] @ T[j]) ** 2 for j in range(n) for k in range(n))
-    divisor = n * n if reduction == "mean" else n
+    divisor = n * n if reduction == "mean" else n  # "code": the N^2 mean times N
     return ref_clip(image, text, scale) + (w_in * in_modal + w_cross * cross) / divisor
 
 
@@ -64,10 +64,14 @@ CASES = {
                      lambda i, t: ref_convirt(i, t, 0.5, 0.3)),
     "vse++": (lambda i, t: vse_loss(i, t, 0.2, True)[0], lambda i, t: ref_vse(i, t, 0.2, True)),
     "vse0": (lambda i, t: vse_loss(i, t, 0.2, False)[0], lambda i, t: ref_vse(i, t, 0.2, False)),
+    "vse++_sum": (lambda i, t: vse_loss(i, t, 0.3, True, "sum")[0],
+                  lambda i, t: ref_vse(i, t, 0.3, True, "sum")),
+    "vse0_sum": (lambda i, t: vse_loss(i, t, 0.2, False, "sum")[0],
+                 lambda i, t: ref_vse(i, t, 0.2, False, "sum")),
     "cyclip": (lambda i, t: cyclip_loss(i, t, jnp.float32(5.0), 0.25, 0.25, "mean")[0],
                lambda i, t: ref_cyclip(i, t, 5.0, 0.25, 0.25, "mean")),
-    "cyclip_paper": (lambda i, t: cyclip_loss(i, t, jnp.float32(5.0), 0.5, 0.1, "paper")[0],
-                     lambda i, t: ref_cyclip(i, t, 5.0, 0.5, 0.1, "paper")),
+    "cyclip_code": (lambda i, t: cyclip_loss(i, t, jnp.float32(5.0), 0.5, 0.1, "code")[0],
+                    lambda i, t: ref_cyclip(i, t, 5.0, 0.5, 0.1, "code")),
 }
 
 
@@ -140,3 +144,5 @@ def test_loss_kwargs_are_checked_against_the_method():
         losses.check_loss_kwargs("vse", {"temperature": 0.1})
     with pytest.raises(UserError, match="config.loss"):
         losses.check_loss_kwargs("clip", {"margin": 0.1})
+    with pytest.raises(UserError, match="reduction"):
+        vse_loss(jnp.ones((2, 2)), jnp.ones((2, 2)), reduction="max")

@@ -6,9 +6,10 @@ With L2-normalised image I and text T embeddings ([N, E]):
     C_in    = reduce((I I^T - T T^T)^2)      in-modal consistency
     C_cross = reduce((I T^T - T I^T)^2)      cross-modal consistency
 
-``reduction = "mean"`` (default, as this project's issue states it) averages over the N^2
-entries; ``reduction = "paper"`` uses the paper's (1/N) sum over all N^2 entries, i.e. N times
-the mean (what the authors' code computes). Weights default to 0.25 each.
+``reduction = "mean"`` (default) averages over the N^2 pairs, as the paper writes it;
+``reduction = "code"`` multiplies that mean by the batch size N, as the authors' released code
+does (N times stronger for the same weights, so it depends on the batch size; the mean is the
+default because it does not). Weights default to 0.25 each.
 """
 
 import jax
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 from medclip_jax.errors import UserError
 from medclip_jax.losses.clip import clip_loss, l2_normalize
 
-REDUCTIONS = ("mean", "paper")
+REDUCTIONS = ("mean", "code")
 
 
 def cyclic_terms(image_emb: jax.Array, text_emb: jax.Array, reduction: str = "mean"
@@ -28,7 +29,7 @@ def cyclic_terms(image_emb: jax.Array, text_emb: jax.Array, reduction: str = "me
     cross = image @ text.T
     in_modal = jnp.mean(jnp.square(image @ image.T - text @ text.T))
     cross_modal = jnp.mean(jnp.square(cross - cross.T))
-    if reduction == "paper":
+    if reduction == "code":
         n = image.shape[0]
         in_modal, cross_modal = in_modal * n, cross_modal * n
     return in_modal, cross_modal

@@ -8,19 +8,27 @@ With s(i, t) the cosine similarity, margin alpha and the positive pairs on the d
                                 + sum_{j != i} [alpha - s(i_i, t_i) + s(i_j, t_i)]_+
     L = 1/N sum_i l_i
 
-The hardest negative is taken over the whole global batch. The paper sums over the batch; we
-average (the same optimum; the learning rate absorbs the factor N). The model's logit scale is
+The hardest negative is taken over the whole global batch. ``reduction = "mean"`` (default)
+averages l_i over the batch, which keeps the loss scale independent of the batch size;
+``reduction = "sum"`` sums it, as the authors' released code does. The model's logit scale is
 not used.
 """
 
 import jax
 import jax.numpy as jnp
 
+from medclip_jax.errors import UserError
 from medclip_jax.losses.clip import l2_normalize
 
 
+REDUCTIONS = ("mean", "sum")
+
+
 def vse_loss(image_emb: jax.Array, text_emb: jax.Array, margin: float = 0.2,
-             max_violation: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+             max_violation: bool = True, reduction: str = "mean"
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    if reduction not in REDUCTIONS:
+        raise UserError(f"config.loss.reduction must be one of {REDUCTIONS}, got {reduction!r}")
     scores = l2_normalize(image_emb) @ l2_normalize(text_emb).T
     positive = jnp.diagonal(scores)
     off_diagonal = ~jnp.eye(scores.shape[0], dtype=bool)
@@ -32,9 +40,11 @@ def vse_loss(image_emb: jax.Array, text_emb: jax.Array, margin: float = 0.2,
         per_image, per_text = cost_text.max(axis=1), cost_image.max(axis=0)
     else:
         per_image, per_text = cost_text.sum(axis=1), cost_image.sum(axis=0)
-    loss_i2t, loss_t2i = jnp.mean(per_image), jnp.mean(per_text)
+    reduce = jnp.mean if reduction == "mean" else jnp.sum
+    loss_i2t, loss_t2i = reduce(per_image), reduce(per_text)
     return loss_i2t + loss_t2i, {"loss_i2t": loss_i2t, "loss_t2i": loss_t2i}
 
 
-def vse_loss_from_outputs(outputs, margin: float = 0.2, max_violation: bool = True):
-    return vse_loss(outputs.image_emb, outputs.text_emb, margin, max_violation)
+def vse_loss_from_outputs(outputs, margin: float = 0.2, max_violation: bool = True,
+                          reduction: str = "mean"):
+    return vse_loss(outputs.image_emb, outputs.text_emb, margin, max_violation, reduction)
