@@ -283,7 +283,11 @@ def step_rng(seed: int, step: int) -> jax.Array:
 
 
 def validate(run: Run, params: Any) -> dict[str, float]:
-    """Val loss (in train-batch-sized chunks) and retrieval recall on the first val examples."""
+    """Val loss and retrieval recall on the first val examples.
+
+    The val loss is the CLIP InfoNCE in train-batch-sized chunks for every method, so runs of
+    different methods can be compared on one number.
+    """
     config = run.config
     entry = sources.parse_mixture(config.eval.split, field="config.eval.split")[0]
     batches = pipeline.make_eval_iterator(
