@@ -151,8 +151,8 @@ def to_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[s
     return out
 
 
-def to_host(x: jax.Array) -> np.ndarray:
-    """Fully-replicated or addressable array -> numpy (works across processes)."""
-    if jax.process_count() > 1 and not x.is_fully_addressable:
+def to_host(x: Any) -> np.ndarray:
+    """Numpy copy of host data or of a jax Array, gathered from every process if sharded."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
         x = multihost_utils.process_allgather(x, tiled=True)
     return np.asarray(x)

@@ -9,17 +9,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from medclip_jax import sharding
 from medclip_jax.models import DualEncoder
-
-
-def _gather(x: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
 
 
 def make_encoders(model: DualEncoder, mesh: Mesh) -> tuple[Callable, Callable]:
@@ -54,13 +47,13 @@ def embed_batches(model: DualEncoder, params: Any, batches: Iterable[Mapping[str
         batch = sharding.to_global_batch(
             {k: local[k] for k in ("image", "text_ids", "text_mask", "valid", "index")
              if k in local}, mesh)
-        valid = _gather(batch["valid"]).astype(bool)
-        index_chunks.append(_gather(batch["index"])[valid])
+        valid = sharding.to_host(batch["valid"]).astype(bool)
+        index_chunks.append(sharding.to_host(batch["index"])[valid])
         if images:
-            image_chunks.append(_gather(encode_image(params, batch["image"]))[valid])
+            image_chunks.append(sharding.to_host(encode_image(params, batch["image"]))[valid])
         if texts:
             text_chunks.append(
-                _gather(encode_text(params, batch["text_ids"], batch["text_mask"]))[valid])
+                sharding.to_host(encode_text(params, batch["text_ids"], batch["text_mask"]))[valid])
     if not index_chunks:
         raise ValueError("embed_batches got no batch to embed")
     index = np.concatenate(index_chunks)

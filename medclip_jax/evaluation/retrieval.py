@@ -29,7 +29,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
+from medclip_jax import sharding
 
 from medclip_jax.errors import UserError
 
@@ -96,16 +96,9 @@ def positives_from_pairs(image_ids_per_text: Sequence[int], num_images: int
     return _pad_lists(texts_of_image), ids.astype(np.int32)[:, None]
 
 
-def _to_host(x) -> np.ndarray:
-    """Host numpy copy of numpy data or of a (possibly multi-process sharded) jax Array."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(x)
-
-
 def _normalize_rows(x) -> np.ndarray:
     """float32 unit rows, on the host: identical inputs give bit-identical rows."""
-    x = _to_host(x).astype(np.float32)
+    x = sharding.to_host(x).astype(np.float32)
     if x.ndim != 2 or not len(x):
         raise ValueError(f"embeddings must be a non-empty [N, E] array, got {x.shape}")
     if not np.isfinite(x).all():
