@@ -1,4 +1,4 @@
-"""Helpers for tests that run the real binaries as subprocesses."""
+"""Shared test helpers: finite differences, and running the real binaries as subprocesses."""
 
 import os
 import subprocess
@@ -53,3 +53,14 @@ def assert_params_close(a: dict, b: dict, rtol: float, atol: float) -> None:
     assert a["step"] == b["step"]
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)
+
+
+def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central finite differences of a scalar float64 function: an independent gradient."""
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        grad[idx] = (f(up) - f(down)) / (2 * eps)
+    return grad

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from helpers import numeric_grad
 from medclip_jax import losses, sharding
 from medclip_jax.errors import UserError
 from medclip_jax.losses.clip import clip_loss
@@ -21,16 +22,6 @@ def reference_clip_loss(image: np.ndarray, text: np.ndarray, scale: float) -> fl
     i2t = [-(logits[i, i] - np.log(np.sum(np.exp(logits[i])))) for i in range(n)]
     t2i = [-(logits[j, j] - np.log(np.sum(np.exp(logits[:, j])))) for j in range(n)]
     return 0.5 * (np.mean(i2t) + np.mean(t2i))
-
-
-def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        up, down = x.copy(), x.copy()
-        up[idx] += eps
-        down[idx] -= eps
-        grad[idx] = (f(up) - f(down)) / (2 * eps)
-    return grad
 
 
 @pytest.fixture

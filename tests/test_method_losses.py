@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from helpers import numeric_grad
 from medclip_jax import losses, sharding
 from medclip_jax.errors import UserError
 from medclip_jax.losses.convirt import convirt_loss
@@ -79,16 +80,6 @@ def embeddings(seed=0, n=8, dim=6):
     rng = np.random.default_rng(seed)
     return (rng.normal(size=(n, dim)).astype(np.float32),
             rng.normal(size=(n, dim)).astype(np.float32))
-
-
-def numeric_grad(f, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        up, down = x.copy(), x.copy()
-        up[idx] += eps
-        down[idx] -= eps
-        grad[idx] = (f(up) - f(down)) / (2 * eps)
-    return grad
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
