@@ -16,11 +16,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import clip  # noqa: E402
-from medclip_jax import losses, optim, sharding, train  # noqa: E402
+from medclip_jax import sharding, train  # noqa: E402
 from medclip_jax.models import build_model  # noqa: E402
 
 VOCAB = {"demo": 30522, "paper": 49408, "tiny": 259}
@@ -36,22 +35,8 @@ def benchmark(preset: str, batch_size: int, steps: int, dtype: str | None) -> di
     mesh = sharding.make_mesh(dict(config.mesh))
     sharding.check_batch_size(batch_size, mesh)
     model = build_model(config.model)
-    p_shardings = train.param_shardings(model, config, mesh)
-    params = train.init_params(model, config.model, jax.random.key(0), p_shardings)
-    tx, schedule = optim.make_optimizer(config.optim, params, total_steps=10_000)
-    opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params),
-                                            config.sharding.rules, mesh)
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                             opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(params))
-    state_shardings = train.TrainState(step=sharding.replicated(mesh), params=p_shardings,
-                                       opt_state=opt_shardings)
-    grad_fn = train.make_grad_fn(model, losses.get_loss(config.method), dict(config.loss),
-                                 config.grad_accum_steps, mesh)
-    step_fn = train.make_train_step(tx, schedule, grad_fn)
-    jitted = jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh),
-                                            sharding.replicated(mesh)),
-                     out_shardings=(state_shardings, sharding.replicated(mesh)),
-                     donate_argnums=(0,))
+    state, jitted = train.init_state_and_step(config, model, mesh, total_steps=10_000,
+                                              rng=jax.random.key(0))
     rng = np.random.default_rng(0)
     size, length = config.model.image.image_size, config.model.text.max_len
     batch = sharding.to_global_batch({
@@ -71,7 +56,7 @@ def benchmark(preset: str, batch_size: int, steps: int, dtype: str | None) -> di
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     step_s = float(np.median(times))
-    num_params = sum(x.size for x in jax.tree.leaves(params))
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
     return {"params_M": num_params / 1e6, "compile_s": compile_s, "step_s": step_s,
             "pairs_per_s": batch_size / step_s}
 

@@ -25,6 +25,7 @@ from medclip_jax.errors import UserError
 from medclip_jax.evaluation import embed, retrieval
 from medclip_jax.metric_logging import MetricWriter, Progress, format_duration
 from medclip_jax.models import DualEncoder, build_model
+from medclip_jax.models.dual_encoder import clamped_scale
 
 
 @flax.struct.dataclass
@@ -200,6 +201,26 @@ def make_train_step(tx: optax.GradientTransformation, schedule: optax.Schedule,
     return train_step
 
 
+def init_state_and_step(config: ml_collections.ConfigDict, model: DualEncoder, mesh: Mesh,
+                        total_steps: int, rng: jax.Array) -> tuple[TrainState, Callable]:
+    """The sharded initial state and the train step jitted for it (in/out shardings, donation)."""
+    p_shardings = param_shardings(model, config, mesh)
+    params = init_params(model, config.model, rng, p_shardings)
+    tx, schedule = optim.make_optimizer(config.optim, params, total_steps)
+    opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params),
+                                            config.sharding.rules, mesh)
+    replicated = sharding.replicated(mesh)
+    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
+                       params=params, opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(params))
+    state_shardings = TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings)
+    grad_fn = make_grad_fn(model, losses.get_loss(config.method), dict(config.loss),
+                           config.grad_accum_steps, mesh)
+    train_step = jax.jit(make_train_step(tx, schedule, grad_fn),
+                         in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+                         out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    return state, train_step
+
+
 @dataclasses.dataclass
 class Run:
     """Everything built from the config that the loop needs."""
@@ -208,7 +229,6 @@ class Run:
     model: DualEncoder
     tokenizer: tokenizers.Tokenizer
     state: TrainState
-    state_shardings: Any
     train_step: Callable
     total_steps: int
     data_iter: Iterator
@@ -237,17 +257,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
     if config.max_steps > 0:
         total_steps = min(total_steps, config.max_steps)
 
-    p_shardings = param_shardings(model, config, mesh)
-    rng = jax.random.key(config.seed)
-    params = init_params(model, config.model, jax.random.fold_in(rng, 0), p_shardings)
-    tx, schedule = optim.make_optimizer(config.optim, params, total_steps)
-    opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params),
-                                            config.sharding.rules, mesh)
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(mesh)),
-                       params=params, opt_state=opt_state)
-    state_shardings = TrainState(step=sharding.replicated(mesh), params=p_shardings,
-                                 opt_state=opt_shardings)
+    state, train_step = init_state_and_step(config, model, mesh, total_steps,
+                                            jax.random.fold_in(jax.random.key(config.seed), 0))
 
     data_iter = pipeline.make_train_iterator(
         config.data, image_size=config.model.image.image_size, max_len=config.model.text.max_len,
@@ -263,17 +274,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
                                             rest_of_state(abstract_state), data_iter)
         state = TrainState(step=rest["step"], params=params, opt_state=rest["opt_state"])
 
-    loss_fn = losses.get_loss(config.method)
-    grad_fn = make_grad_fn(model, loss_fn, dict(config.loss), config.grad_accum_steps, mesh)
-    step_fn = make_train_step(tx, schedule, grad_fn)
-    batch_sharding = sharding.batch_sharding(mesh)
-    jitted = jax.jit(step_fn,
-                     in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
-                     out_shardings=(state_shardings, sharding.replicated(mesh)),
-                     donate_argnums=(0,))
     run = Run(config=config, mesh=mesh, model=model, tokenizer=tokenizer, state=state,
-              state_shardings=state_shardings, train_step=jitted, total_steps=total_steps,
-              data_iter=data_iter)
+              train_step=train_step, total_steps=total_steps, data_iter=data_iter)
     return run, checkpointer
 
 
@@ -299,7 +301,7 @@ def validate(run: Run, params: Any) -> dict[str, float]:
     max_batches = max(1, -(-config.eval.max_examples // config.batch_size))
     out = embed.embed_batches(run.model, params, batches, run.mesh, max_batches=max_batches)
     image_emb, text_emb = out["image_emb"], out["text_emb"]
-    scale = jnp.exp(jnp.minimum(params["logit_scale"], jnp.log(config.model.max_logit_scale)))
+    scale = clamped_scale(params["logit_scale"], config.model.max_logit_scale)
     chunk_losses = [
         losses.clip.clip_loss(image_emb[i:i + config.batch_size],
                               text_emb[i:i + config.batch_size], scale)[0]
