@@ -22,7 +22,7 @@ from configs import clip  # noqa: E402
 from medclip_jax import sharding, train  # noqa: E402
 from medclip_jax.models import build_model  # noqa: E402
 
-VOCAB = {"demo": 30522, "paper": 49408, "tiny": 259}
+VOCAB = {"demo": 30522, "paper": 49408, "tiny": 260}
 
 
 def benchmark(preset: str, batch_size: int, steps: int, dtype: str | None) -> dict[str, float]:

@@ -8,7 +8,8 @@ Fields:
   loss              keyword arguments for that loss (method-specific).
   model             the towers (see ``medclip_jax/models/presets.py``); ``text.vocab_size <= 0``
                     takes the tokenizer's vocabulary size.
-  data              input pipeline (see ``medclip_jax/data/pipeline.py``).
+  data              input pipeline (see ``medclip_jax/data/pipeline.py``), including the extra
+                    image/text views and MLM inputs that SLIP and DeCLIP switch on.
   batch_size        global batch size, split over all data-parallel devices.
   grad_accum_steps  split each global batch into this many micro-batches for memory; the loss
                     still sees the whole batch (every negative), see train.make_train_step.
@@ -53,6 +54,16 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.worker_processes = 0
     config.data.image_field = "image"
     config.data.caption_field = "caption"
+    # Extra views and MLM inputs: off unless a method needs them (SLIP, DeCLIP).
+    config.data.image_views = 0
+    config.data.view_augment = ml_collections.ConfigDict(dict(
+        random_crop_scale=(0.08, 1.0), random_crop_ratio=(3 / 4, 4 / 3),
+        color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.2,
+        blur_prob=0.5, blur_sigma=(0.1, 2.0), flip=True))
+    config.data.text_views = 0
+    config.data.text_view_drop_prob = 0.1
+    config.data.mlm = ml_collections.ConfigDict(dict(
+        enabled=False, mask_prob=0.15, max_predictions=20, selection="bernoulli"))
 
     config.batch_size = 128
     config.grad_accum_steps = 1
@@ -70,7 +81,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optim.eps = 1e-6
     config.optim.weight_decay = 0.1
     config.optim.grad_clip_norm = 1.0
-    config.optim.no_decay_regex = r"(logit_scale|pos_embed|cls_token|position|token_type)"
+    config.optim.no_decay_regex = (r"(logit_scale|logit_bias|pos_embed|cls_token|position|"
+                                   r"token_type)")
     config.optim.lr_multipliers = ()
 
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})

@@ -7,8 +7,8 @@ Rules on parameters are regexes matched with ``re.search`` on the '/'-joined par
   than two dimensions (biases, LayerNorm scales, the logit scale);
 * ``optim.lr_multipliers``: ``((regex, multiplier), ...)``; the first match wins, unmatched params
   get 1.0, and a multiplier of 0 freezes the parameter (no update, no optimizer state, excluded
-  from the gradient-norm clip). LiT is ``(("^image/", 0.0),)``; the first k ViT blocks frozen is
-  ``(("^image/(patch_embed|cls_token|pos_embed|ln_pre|block_[0-{k-1}])/", 0.0),)``.
+  from the gradient-norm clip). LiT and partial freezing presets build these rules in
+  ``configs/lit.py`` (``lock_rules``).
 """
 
 import math

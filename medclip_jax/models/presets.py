@@ -9,6 +9,15 @@ Fields (all required; `model_config(size)` fills every one):
   model.{embed_dim, projection ('linear' | 'mlp'), projection_hidden_dim,
          projection_activation, init_logit_scale, max_logit_scale,
          dtype ('float32' | 'bfloat16'), dropout, remat}
+  model.init_logit_bias       None (no bias) or SigLIP's initial bias (-10).
+  model.token_projection      'none' | 'shared' (tokens through image_proj / text_proj: FILIP)
+                              | 'separate' (own linear token heads: GLoRIA).
+  model.ssl_head.{kind ('none' | 'simclr' | 'simsiam'), hidden_dim, out_dim,
+                  predictor_hidden_dim, activation}
+                              SLIP's 3-layer SimCLR head, or DeCLIP's SimSiam 3-layer projector
+                              + 2-layer predictor (LayerNorm between layers), on the pooled
+                              features of the extra image views.
+  model.mlm_head              True: a BERT prediction head on the text tower (DeCLIP).
 
 Activations: 'quick_gelu' (OpenAI CLIP), 'gelu' (exact, BERT), 'gelu_tanh', 'relu'.
 `text.vocab_size` is the tokenizer's to decide: the training config sets it before
@@ -23,13 +32,16 @@ import ml_collections
 
 from medclip_jax.errors import UserError
 from medclip_jax.models import layers, text as text_lib
-from medclip_jax.models.dual_encoder import DualEncoder, MlpHead, linear_head
+from medclip_jax.models.dual_encoder import (DualEncoder, MlmHead, MlpHead, NormMlp,
+                                             linear_head)
 from medclip_jax.models.text import BertTextEncoder, CausalTextTransformer
 from medclip_jax.models.vit import VisionTransformer
 
 SIZES = ("tiny", "small", "base")
 TEXT_KINDS = ("causal", "bert")
 PROJECTIONS = ("linear", "mlp")
+TOKEN_PROJECTIONS = ("none", "shared", "separate")
+SSL_HEADS = ("none", "simclr", "simsiam")
 
 
 def _tower(image_size: int, patch_size: int, width: int, depth: int, num_heads: int,
@@ -67,7 +79,11 @@ def model_config(size: str) -> ml_collections.ConfigDict:
         image=image, text=text, embed_dim=embed_dim, projection="linear",
         projection_hidden_dim=2 * embed_dim, projection_activation="relu",
         init_logit_scale=1.0 / 0.07, max_logit_scale=100.0, dtype=dtype, dropout=0.0,
-        remat=False))
+        remat=False, init_logit_bias=None, token_projection="none",
+        ssl_head=ml_collections.ConfigDict(dict(
+            kind="none", hidden_dim=4 * embed_dim, out_dim=embed_dim,
+            predictor_hidden_dim=embed_dim, activation="relu")),
+        mlm_head=False))
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -110,8 +126,10 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
     """Raises UserError naming the first field that cannot build a model."""
     top = {"image", "text", "embed_dim", "projection", "projection_hidden_dim",
            "projection_activation", "init_logit_scale", "max_logit_scale", "dtype", "dropout",
-           "remat"}
+           "remat", "init_logit_bias", "token_projection", "ssl_head", "mlm_head"}
     _check_fields(cfg, top, "")
+    _check_fields(cfg.ssl_head, {"kind", "hidden_dim", "out_dim", "predictor_hidden_dim",
+                                 "activation"}, "ssl_head.")
     _check_fields(cfg.image, set(_IMAGE_INTS) | {"patch_bias", "ln_pre", "activation",
                                                    "layer_norm_eps"}, "image.")
     _check_fields(cfg.text, set(_TEXT_INTS) | {"kind", "pooling", "activation",
@@ -146,6 +164,17 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
             _fail(f"{prefix}{name}", f"must be a positive number, got {section[name]!r}")
     if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
         _fail("dropout", f"must be in [0, 1), got {cfg.dropout!r}")
+    _check_choice(cfg, "token_projection", TOKEN_PROJECTIONS, "")
+    _check_choice(cfg.ssl_head, "kind", SSL_HEADS, "ssl_head.")
+    if cfg.ssl_head.kind != "none":
+        for name in ("hidden_dim", "out_dim", "predictor_hidden_dim"):
+            _check_positive_int(cfg.ssl_head, name, "ssl_head.")
+        _check_choice(cfg.ssl_head, "activation", layers.ACTIVATIONS, "ssl_head.")
+    if cfg.init_logit_bias is not None and (isinstance(cfg.init_logit_bias, bool) or
+                                            not isinstance(cfg.init_logit_bias, (int, float))):
+        _fail("init_logit_bias", f"must be None or a number, got {cfg.init_logit_bias!r}")
+    if not isinstance(cfg.mlm_head, bool):
+        _fail("mlm_head", f"must be True or False, got {cfg.mlm_head!r}")
 
 
 # --- construction ---------------------------------------------------------------------------
@@ -172,11 +201,34 @@ def _projection(cfg: ml_collections.ConfigDict, in_width: int) -> Any:
     return MlpHead(cfg.embed_dim, cfg.projection_hidden_dim, cfg.projection_activation, dtype)
 
 
+def _optional_heads(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The heads that only some methods use, as DualEncoder attributes."""
+    dtype = layers.DTYPES[cfg.dtype]
+    heads: dict[str, Any] = {}
+    if cfg.token_projection == "separate":
+        heads["image_token_proj"] = linear_head(cfg.embed_dim, cfg.image.width, dtype)
+        heads["text_token_proj"] = linear_head(cfg.embed_dim, cfg.text.width, dtype)
+    ssl = cfg.ssl_head
+    if ssl.kind == "simclr":
+        heads["ssl_head"] = NormMlp((ssl.hidden_dim, ssl.hidden_dim), ssl.out_dim,
+                                    ssl.activation, dtype)
+    elif ssl.kind == "simsiam":
+        heads["simsiam_projector"] = NormMlp((ssl.hidden_dim, ssl.hidden_dim), ssl.out_dim,
+                                             ssl.activation, dtype)
+        heads["simsiam_predictor"] = NormMlp((ssl.predictor_hidden_dim,), ssl.out_dim,
+                                             ssl.activation, dtype)
+    if cfg.mlm_head:
+        heads["mlm_head"] = MlmHead(cfg.text.vocab_size, cfg.text.width, dtype)
+    return heads
+
+
 def build_model(cfg: ml_collections.ConfigDict) -> DualEncoder:
     """The DualEncoder described by `config.model` (validated first)."""
     validate_model_config(cfg)
+    bias = None if cfg.init_logit_bias is None else float(cfg.init_logit_bias)
     return DualEncoder(image=_image_tower(cfg), text=_text_tower(cfg),
                        image_proj=_projection(cfg, cfg.image.width),
                        text_proj=_projection(cfg, cfg.text.width),
                        init_logit_scale=float(cfg.init_logit_scale),
-                       max_logit_scale=float(cfg.max_logit_scale))
+                       max_logit_scale=float(cfg.max_logit_scale), init_logit_bias=bias,
+                       token_projection=cfg.token_projection, **_optional_heads(cfg))
