@@ -25,24 +25,48 @@ from medclip_jax.models import build_model  # noqa: E402
 VOCAB = {"demo": 30522, "paper": 49408, "tiny": 260}
 
 
-def benchmark(preset: str, batch_size: int, steps: int, dtype: str | None) -> dict[str, float]:
-    config = clip.get_config(preset)
-    config.batch_size = batch_size
-    if dtype:
-        config.model.dtype = dtype
-    if config.model.text.vocab_size <= 0:
-        config.model.text.vocab_size = VOCAB[preset]
+def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A batch with every input the config's pipeline would produce (views, MLM), random."""
+    rng = np.random.default_rng(seed)
+    size, length = config.model.image.image_size, config.model.text.max_len
+    vocab = config.model.text.vocab_size
+    batch = {"image": rng.normal(size=(batch_size, size, size, 3)).astype(np.float32),
+             "text_ids": rng.integers(3, vocab, size=(batch_size, length)).astype(np.int32),
+             "text_mask": np.ones((batch_size, length), np.int32)}
+    if config.data.image_views:
+        batch["image_views"] = rng.normal(
+            size=(batch_size, config.data.image_views, size, size, 3)).astype(np.float32)
+    if config.data.text_views:
+        views = config.data.text_views
+        batch["text_view_ids"] = rng.integers(3, vocab, size=(batch_size, views, length),
+                                              dtype=np.int32)
+        batch["text_view_mask"] = np.ones((batch_size, views, length), np.int32)
+    if config.data.mlm.enabled:
+        predictions = config.data.mlm.max_predictions
+        batch["mlm_ids"] = batch["text_ids"].copy()
+        batch["mlm_positions"] = rng.integers(1, length - 1, size=(batch_size, predictions),
+                                              dtype=np.int32)
+        batch["mlm_labels"] = rng.integers(3, vocab, size=(batch_size, predictions),
+                                           dtype=np.int32)
+        batch["mlm_weights"] = np.ones((batch_size, predictions), np.int32)
+    return batch
+
+
+def device_bytes(compiled) -> int:
+    """XLA's per-device estimate of the step's peak: arguments + outputs + temporaries."""
+    stats = compiled.memory_analysis()
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+               + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def benchmark_config(config, steps: int) -> dict[str, float]:
+    """Compile time, median step time, pairs/s and per-device memory of the config's step."""
     mesh = sharding.make_mesh(dict(config.mesh))
-    sharding.check_batch_size(batch_size, mesh)
+    sharding.check_batch_size(config.batch_size, mesh)
     model = build_model(config.model)
     state, jitted = train.init_state_and_step(config, model, mesh, total_steps=10_000,
                                               rng=jax.random.key(0))
-    rng = np.random.default_rng(0)
-    size, length = config.model.image.image_size, config.model.text.max_len
-    batch = sharding.to_global_batch({
-        "image": rng.normal(size=(batch_size, size, size, 3)).astype(np.float32),
-        "text_ids": rng.integers(1, 1000, size=(batch_size, length)).astype(np.int32),
-        "text_mask": np.ones((batch_size, length), np.int32)}, mesh)
+    batch = sharding.to_global_batch(random_batch(config, config.batch_size), mesh)
 
     start = time.perf_counter()
     compiled = jitted.lower(state, batch, train.step_rng(0, 0)).compile()
@@ -58,7 +82,22 @@ def benchmark(preset: str, batch_size: int, steps: int, dtype: str | None) -> di
     step_s = float(np.median(times))
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     return {"params_M": num_params / 1e6, "compile_s": compile_s, "step_s": step_s,
-            "pairs_per_s": batch_size / step_s}
+            "pairs_per_s": config.batch_size / step_s, "memory_bytes": device_bytes(compiled)}
+
+
+def preset_config(module, preset: str, batch_size: int, dtype: str | None):
+    """A method's preset with the benchmark's batch size, dtype and a fixed vocabulary."""
+    config = module.get_config(preset)
+    config.batch_size = batch_size
+    if dtype:
+        config.model.dtype = dtype
+    if config.model.text.vocab_size <= 0:
+        config.model.text.vocab_size = VOCAB[preset.split(",")[0]]
+    return config
+
+
+def benchmark(preset: str, batch_size: int, steps: int, dtype: str | None) -> dict[str, float]:
+    return benchmark_config(preset_config(clip, preset, batch_size, dtype), steps)
 
 
 def main() -> None:

@@ -12,7 +12,8 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from medclip_jax.errors import UserError
-from medclip_jax.losses import clip, convirt, cyclip, declip, siglip, slip, vse
+from medclip_jax.losses import (clip, convirt, cyclip, declip, filip, gloria, siglip, slip,
+                               vse)
 
 LossFn = Callable[..., tuple[Any, dict[str, Any]]]
 
@@ -21,6 +22,8 @@ REGISTRY: dict[str, LossFn] = {
     "convirt": convirt.convirt_loss_from_outputs,
     "cyclip": cyclip.cyclip_loss_from_outputs,
     "declip": declip.declip_loss_from_outputs,
+    "filip": filip.filip_loss_from_outputs,
+    "gloria": gloria.gloria_loss_from_outputs,
     "siglip": siglip.siglip_loss_from_outputs,
     "slip": slip.slip_loss_from_outputs,
     "vse": vse.vse_loss_from_outputs,
