@@ -20,36 +20,10 @@ import numpy as np  # noqa: E402
 
 from configs import clip  # noqa: E402
 from medclip_jax import sharding, train  # noqa: E402
+from medclip_jax.data import synthetic_batch  # noqa: E402
 from medclip_jax.models import build_model  # noqa: E402
 
 VOCAB = {"demo": 30522, "paper": 49408, "tiny": 260}
-
-
-def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A batch with every input the config's pipeline would produce (views, MLM), random."""
-    rng = np.random.default_rng(seed)
-    size, length = config.model.image.image_size, config.model.text.max_len
-    vocab = config.model.text.vocab_size
-    batch = {"image": rng.normal(size=(batch_size, size, size, 3)).astype(np.float32),
-             "text_ids": rng.integers(3, vocab, size=(batch_size, length)).astype(np.int32),
-             "text_mask": np.ones((batch_size, length), np.int32)}
-    if config.data.image_views:
-        batch["image_views"] = rng.normal(
-            size=(batch_size, config.data.image_views, size, size, 3)).astype(np.float32)
-    if config.data.text_views:
-        views = config.data.text_views
-        batch["text_view_ids"] = rng.integers(3, vocab, size=(batch_size, views, length),
-                                              dtype=np.int32)
-        batch["text_view_mask"] = np.ones((batch_size, views, length), np.int32)
-    if config.data.mlm.enabled:
-        predictions = config.data.mlm.max_predictions
-        batch["mlm_ids"] = batch["text_ids"].copy()
-        batch["mlm_positions"] = rng.integers(1, length - 1, size=(batch_size, predictions),
-                                              dtype=np.int32)
-        batch["mlm_labels"] = rng.integers(3, vocab, size=(batch_size, predictions),
-                                           dtype=np.int32)
-        batch["mlm_weights"] = np.ones((batch_size, predictions), np.int32)
-    return batch
 
 
 def device_bytes(compiled) -> int:
@@ -66,7 +40,7 @@ def benchmark_config(config, steps: int) -> dict[str, float]:
     model = build_model(config.model)
     state, jitted = train.init_state_and_step(config, model, mesh, total_steps=10_000,
                                               rng=jax.random.key(0))
-    batch = sharding.to_global_batch(random_batch(config, config.batch_size), mesh)
+    batch = sharding.to_global_batch(synthetic_batch.random_batch(config, config.batch_size), mesh)
 
     start = time.perf_counter()
     compiled = jitted.lower(state, batch, train.step_rng(0, 0)).compile()
