@@ -188,3 +188,28 @@ def test_lit_block_rule_does_not_confuse_block_1_with_block_10():
         lit.lock_rules("13", depth=12)
     with pytest.raises(UserError, match="lock"):
         lit.parse_arg("demo,freeze=3")
+
+
+@pytest.mark.parametrize("method,switch", [
+    ("filip", "token_projection"), ("gloria", "token_projection"),
+    ("siglip", "init_logit_bias"), ("slip", "image_views"), ("declip", "mlm")])
+def test_a_loss_without_its_model_outputs_names_the_config_switch(method, switch):
+    import importlib
+    from medclip_jax import losses
+    from medclip_jax.data import synthetic_batch
+    config = importlib.import_module(f"configs.{method}").get_config("tiny")
+    config.model.text.vocab_size = VOCAB
+    if switch == "image_views":
+        config.data.image_views = 0
+    elif switch == "mlm":
+        config.data.mlm.enabled = False
+    else:
+        config.model[switch] = model_config("tiny")[switch]
+    model = build_model(config.model)
+    data = {k: jnp.asarray(v) for k, v in synthetic_batch.random_batch(config, 2).items()}
+    outputs = jax.eval_shape(lambda: model.apply(
+        {"params": params_for(model)}, data, method=model.apply_batch))
+    loss = losses.bind_loss(method, config.loss)
+    state = losses.init_method_state(method, config.loss, config.model.embed_dim)
+    with pytest.raises(UserError, match=switch):
+        loss(outputs, state)

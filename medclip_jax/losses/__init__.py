@@ -43,6 +43,42 @@ STATEFUL: dict[str, MethodState] = {
 }
 
 
+#: The config switches that make the model produce each optional `EncoderOutputs` field.
+PRODUCED_BY = {
+    "logit_bias": "config.model.init_logit_bias",
+    "image_token_emb": "config.model.token_projection",
+    "text_token_emb": "config.model.token_projection",
+    "view_image_emb": "config.data.image_views > 0",
+    "view_text_emb": "config.data.text_views > 0",
+    "ssl_emb": "config.model.ssl_head.kind='simclr' and config.data.image_views > 0",
+    "simsiam_z": "config.model.ssl_head.kind='simsiam' and config.data.image_views > 0",
+    "simsiam_p": "config.model.ssl_head.kind='simsiam' and config.data.image_views > 0",
+    "mlm_logits": "config.model.mlm_head and config.data.mlm.enabled",
+    "mlm_labels": "config.data.mlm.enabled",
+    "mlm_weights": "config.data.mlm.enabled",
+}
+
+_TOKENS = {"image_token_emb", "text_token_emb"}
+#: `(**config.loss) -> fields` for the methods that read optional outputs.
+REQUIRED_OUTPUTS: dict[str, Callable[..., set[str]]] = {
+    "declip": declip.required_outputs,
+    "filip": lambda **_: _TOKENS,
+    "gloria": lambda **_: _TOKENS,
+    "siglip": lambda **_: {"logit_bias"},
+    "slip": slip.required_outputs,
+}
+
+
+def check_outputs(method: str, kwargs: Mapping[str, Any], outputs: Any) -> None:
+    """Fails, naming the config switch, when the model did not produce what the loss reads."""
+    if method not in REQUIRED_OUTPUTS:
+        return
+    for field in sorted(REQUIRED_OUTPUTS[method](**kwargs)):
+        if getattr(outputs, field) is None:
+            raise UserError(f"config.method={method!r} with these config.loss values needs the "
+                            f"model output {field!r}; set {PRODUCED_BY[field]}")
+
+
 def get_loss(method: str) -> LossFn:
     """Returns the registered loss for `method`, or fails naming the config field."""
     if method not in REGISTRY:
@@ -81,9 +117,15 @@ def bind_loss(method: str, kwargs: Mapping[str, Any], mesh: Any = None
     loss_fn, kwargs = get_loss(method), dict(kwargs)
     if takes_mesh(loss_fn):
         kwargs["mesh"] = mesh
-    if method in STATEFUL:
-        return lambda outputs, state: loss_fn(outputs, state, **kwargs)
-    return lambda outputs, state: loss_fn(outputs, **kwargs)
+    knobs = {k: v for k, v in kwargs.items() if k != "mesh"}
+
+    def bound(outputs, state):
+        check_outputs(method, knobs, outputs)
+        if method in STATEFUL:
+            return loss_fn(outputs, state, **kwargs)
+        return loss_fn(outputs, **kwargs)
+
+    return bound
 
 
 def bind_state_update(method: str, kwargs: Mapping[str, Any]) -> Callable[[Any, Any], Any]:
