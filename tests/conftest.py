@@ -29,10 +29,7 @@ def tiny_config(data_dir: str, **overrides):
     from configs import clip
     config = clip.get_config("tiny")
     config.data.data_dir = data_dir
+    from helpers import set_dotted
     for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            target = getattr(target, name)
-        setattr(target, leaf, value)
+        set_dotted(config, key, value)
     return config

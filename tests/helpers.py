@@ -55,6 +55,14 @@ def assert_params_close(a: dict, b: dict, rtol: float, atol: float) -> None:
         np.testing.assert_allclose(a[key], b[key], rtol=rtol, atol=atol, err_msg=key)
 
 
+def set_dotted(config, key: str, value) -> None:
+    """config["a.b.c"] = value for a nested ConfigDict (or dict) and a dotted key."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        config = config[part]
+    config[leaf] = value
+
+
 def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Central finite differences of a scalar float64 function: an independent gradient."""
     grad = np.zeros_like(x)

@@ -8,6 +8,7 @@ import pytest
 from flax import traverse_util
 
 from configs import lit
+from helpers import set_dotted
 from medclip_jax.errors import UserError
 from medclip_jax.models import build_model, init_params, model_config
 
@@ -18,11 +19,7 @@ def config(**overrides):
     cfg = model_config("tiny")
     cfg.text.vocab_size = VOCAB
     for key, value in overrides.items():
-        target = cfg
-        *parents, leaf = key.split(".")
-        for name in parents:
-            target = target[name]
-        target[leaf] = value
+        set_dotted(cfg, key, value)
     return cfg
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from helpers import set_dotted
 from medclip_jax import train
 
 # (config file, config argument, overrides)
@@ -29,11 +30,7 @@ def method_config(name: str, data_dir: str, **extra):
     config = importlib.import_module(f"configs.{module}").get_config(arg)
     config.data.data_dir = tiny_config(data_dir).data.data_dir
     for key, value in {**overrides, **extra}.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            target = target[part]
-        target[leaf] = value
+        set_dotted(config, key, value)
     return config
 
 

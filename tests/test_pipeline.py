@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import set_dotted
 from medclip_jax.data import image_ops, pipeline, sources, tokenizers
 from medclip_jax.errors import UserError
 
@@ -30,11 +31,7 @@ def data_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
         "prefetch_batches": 2,
     })
     for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+        set_dotted(config, key, value)
     return config
 
 
