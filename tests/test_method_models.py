@@ -3,6 +3,7 @@ their docstrings say (checked against the same modules applied by hand)."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -210,3 +211,12 @@ def test_a_loss_without_its_model_outputs_names_the_config_switch(method, switch
     state = losses.init_method_state(method, config.loss, config.model.embed_dim)
     with pytest.raises(UserError, match=switch):
         loss(outputs, state)
+
+
+def test_configs_saved_before_the_optional_fields_still_build_the_same_model():
+    from medclip_jax.models import presets
+    old = config().to_dict()
+    for name in presets.OPTIONAL_FIELDS:
+        del old[name]
+    restored = presets.with_optional_defaults(ml_collections.ConfigDict(old))
+    assert restored.to_dict() == config().to_dict()

@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from medclip_jax import checkpointing, sharding, train
 from medclip_jax.data import pipeline, tokenizers
 from medclip_jax.evaluation import embed
-from medclip_jax.models import DualEncoder, build_model
+from medclip_jax.models import DualEncoder, build_model, presets
 
 
 @dataclasses.dataclass
@@ -31,6 +31,7 @@ def load_model(workdir: str, step: int | None = None,
     """Rebuilds the model from the config saved with the checkpoint and restores its params."""
     config_dict, step = checkpointing.restore_config(workdir, step)
     train_config = ml_collections.ConfigDict(config_dict)
+    train_config.model = presets.with_optional_defaults(train_config.model)
     mesh = sharding.make_mesh(mesh_axes or dict(train_config.mesh))
     tokenizer = tokenizers.load_tokenizer(train_config.data.tokenizer)
     model = build_model(train_config.model)

@@ -86,6 +86,19 @@ def model_config(size: str) -> ml_collections.ConfigDict:
         mlm_head=False))
 
 
+OPTIONAL_FIELDS = ("init_logit_bias", "token_projection", "ssl_head", "mlm_head")
+
+
+def with_optional_defaults(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds the method-specific fields (off) that configs saved before they existed lack."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    defaults = model_config("tiny")
+    for name in OPTIONAL_FIELDS:
+        if name not in cfg:
+            cfg[name] = defaults[name]
+    return cfg
+
+
 # --- validation -----------------------------------------------------------------------------
 
 _IMAGE_INTS = ("image_size", "patch_size", "width", "depth", "num_heads", "mlp_dim")
