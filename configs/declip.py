@@ -7,8 +7,8 @@ embeddings as an extra positive; the queue lives in the train state). Each term 
 README); defaults are the released code's (see ``medclip_jax/losses/declip.py``).
 
 The extra image view is paired with the caption in MVS, so it is not flipped (flips swap "left"
-and "right" in radiology reports). MLM needs a tokenizer with a mask token (``minilm``, ``bytes``
-or a BERT folder); the CLIP BPE tokenizer has none and is refused at start-up.
+and "right" in radiology reports). MLM uses the tokenizer's mask token; a tokenizer without one
+(CLIP's BPE) gets one extra id, and the text vocabulary one extra row.
 
     python -m medclip_jax.main --config configs/declip.py:demo --workdir runs/declip_demo
 """

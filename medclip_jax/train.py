@@ -272,6 +272,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
                         f"{config.batch_size} must split into that many micro-batches, each "
                         f"divisible by the data-parallel size {sharding.data_parallel_size(mesh)}")
     tokenizer = tokenizers.load_tokenizer(config.data.tokenizer)
+    if pipeline.get(config.data, "mlm.enabled", False):
+        tokenizer = tokenizers.with_mask_token(tokenizer)
     config = ml_collections.ConfigDict(config.to_dict())
     config.model = model_config_with_vocab(config.model, tokenizer)
     model = build_model(config.model)

@@ -138,3 +138,20 @@ def test_tokenizer_pickles():
     tok = tokenizers.load_tokenizer("minilm")
     clone = pickle.loads(pickle.dumps(tok))
     np.testing.assert_array_equal(clone(["a chest"], 6)[0], tok(["a chest"], 6)[0])
+
+
+def test_a_tokenizer_without_mask_token_gets_one_new_id_for_mlm():
+    class NoMask(tokenizers.ByteTokenizer):
+        mask_id = None
+        vocab_size = 259
+        special_ids = frozenset({0, 1, 2})
+
+    base = NoMask()
+    wrapped = tokenizers.with_mask_token(base)
+    assert wrapped.mask_id == 259 and wrapped.vocab_size == 260
+    assert wrapped.special_ids == {0, 1, 2, 259}
+    assert wrapped.prefix == base.prefix and wrapped.suffix == base.suffix
+    for got, want in zip(wrapped(["a tumour"], 12), base(["a tumour"], 12)):
+        np.testing.assert_array_equal(got, want)
+    bytes_tokenizer = tokenizers.load_tokenizer("bytes")
+    assert tokenizers.with_mask_token(bytes_tokenizer) is bytes_tokenizer

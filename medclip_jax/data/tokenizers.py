@@ -166,6 +166,29 @@ class HFTokenizer:
         self.__dict__.update(state)
 
 
+class WithMaskToken:
+    """A tokenizer without a mask token (CLIP's BPE) plus one new id for MLM: its vocabulary
+    size, so the model's vocabulary grows by one row. Text is tokenized exactly as before."""
+
+    def __init__(self, base: Tokenizer):
+        if base.mask_id is not None:
+            raise ValueError("the tokenizer already has a mask token")
+        self.base = base
+        self.vocab_size = base.vocab_size + 1
+        self.pad_id = base.pad_id
+        self.prefix, self.suffix = base.prefix, base.suffix
+        self.mask_id = base.vocab_size
+        self.special_ids = frozenset(base.special_ids | {self.mask_id})
+
+    def __call__(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.base(texts, max_len)
+
+
+def with_mask_token(tokenizer: Tokenizer) -> Tokenizer:
+    """The tokenizer itself if it has a mask token, else `WithMaskToken(tokenizer)`."""
+    return tokenizer if tokenizer.mask_id is not None else WithMaskToken(tokenizer)
+
+
 def read_json(path: str) -> dict[str, Any]:
     if not os.path.exists(path):
         return {}
