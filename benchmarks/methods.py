@@ -3,6 +3,11 @@
     python benchmarks/methods.py                         # demo and ViT-B/16 presets
     python benchmarks/methods.py --presets demo --methods clip,slip,filip --steps 3
     python benchmarks/methods.py --devices 0             # the real devices (GPU/TPU host)
+    python benchmarks/methods.py --devices 1 --presets paper --siglip_batch 0   # CPU, 24 GB
+
+On fake CPU devices every device holds a replicated copy of the params and Adam state: the
+paper preset (ViT-B/16) needs about 4 GB per fake device, so use ``--devices 1`` for it on a
+small machine.
 
 Part 1, per preset: for each method config (its own heads, views and loss; random inputs of the
 shapes its pipeline produces), compile time, median step time and XLA's per-device memory
