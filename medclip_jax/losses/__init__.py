@@ -114,16 +114,14 @@ def bind_loss(method: str, kwargs: Mapping[str, Any], mesh: Any = None
               ) -> Callable[[Any, Any], tuple[Any, dict[str, Any]]]:
     """`(outputs, method_state) -> (loss, metrics)` with the config's knobs (and the mesh, for
     losses that take one) bound."""
-    loss_fn, kwargs = get_loss(method), dict(kwargs)
-    if takes_mesh(loss_fn):
-        kwargs["mesh"] = mesh
-    knobs = {k: v for k, v in kwargs.items() if k != "mesh"}
+    loss_fn, knobs = get_loss(method), dict(kwargs)
+    call_kwargs = {**knobs, "mesh": mesh} if takes_mesh(loss_fn) else knobs
 
     def bound(outputs, state):
         check_outputs(method, knobs, outputs)
         if method in STATEFUL:
-            return loss_fn(outputs, state, **kwargs)
-        return loss_fn(outputs, **kwargs)
+            return loss_fn(outputs, state, **call_kwargs)
+        return loss_fn(outputs, **call_kwargs)
 
     return bound
 
