@@ -50,6 +50,8 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise Rejected("unreadable", "not an image format PIL can identify") from None
+    except (OSError, SyntaxError, ValueError) as e:  # a header cut short or malformed
+        raise Rejected("corrupt", f"{type(e).__name__}: {e}") from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise Rejected("empty_image", f"size {width}x{height}")

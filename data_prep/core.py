@@ -1,0 +1,530 @@
+"""What every data_prep builder shares: items found in a raw folder, rejects, parallel image
+conversion, the TFDS builder base class, and the build report.
+
+A builder only says how to *scan* its publisher's folder: `ManualImageBuilder.scan` returns a
+`Scan` of `Item`s per split (one future record each: an id, an image file or pixel array, and
+the non-image fields) plus the `Reject`s it met while reading annotation files (malformed rows,
+empty or non-UTF-8 captions, duplicate ids, unknown labels). The base class converts every
+item's image (`images.convert_image`: colour modes normalised, downscaled to `max_side`,
+re-encoded) in a pool of worker processes, writes the records with TFDS (ArrayRecord, or
+TFRecord when TensorFlow is installed), and afterwards writes next to `dataset_info.json`:
+
+* ``rejects.jsonl`` — one JSON object per rejected item: split, id, path, reason, detail;
+* ``build_summary.json`` — items found / records written / rejected per split and per reason.
+
+Invariant (checked): written + rejected = found, per split. Records keep scan order
+(TFDS shuffling is disabled; consumers shuffle), so a build is reproducible.
+
+An interrupted build leaves no half-written version: TFDS writes into a temporary folder and
+renames it when every split is done, and readers ignore version folders without a
+dataset_info.json. Re-running the command builds again from the start.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import io
+import json
+import multiprocessing
+import os
+import sys
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from PIL import Image
+
+from data_prep import images
+from medclip_jax.errors import UserError
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+REJECTS_FILE = "rejects.jsonl"
+SUMMARY_FILE = "build_summary.json"
+FILE_FORMATS = ("array_record", "tfrecord")
+
+
+# --------------------------------------------------------------------------------------------
+# Items and rejects
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Item:
+    """One record-to-be: `image` is an image file's path or a uint8 pixel array (HDF5 / npz)."""
+
+    split: str
+    id: str
+    image: str | np.ndarray
+    fields: dict[str, Any]
+    path: str = ""  # where the item came from, for the rejects file (default: the image path)
+
+    def where(self) -> str:
+        return self.path or (self.image if isinstance(self.image, str) else self.id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reject:
+    split: str
+    id: str
+    path: str
+    reason: str
+    detail: str
+
+    def to_json(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+class Scan:
+    """Items per split and the rejects met while scanning; ids are unique within a dataset."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, list[Item]] = collections.defaultdict(list)
+        self.rejects: list[Reject] = []
+        self._seen: dict[str, str] = {}
+
+    def add(self, item: Item) -> bool:
+        """Adds `item`, or rejects it as a duplicate id (the first occurrence wins)."""
+        if item.id in self._seen:
+            self.reject(item.split, item.id, item.where(), "duplicate_id",
+                        f"id already used by {self._seen[item.id]}")
+            return False
+        self._seen[item.id] = item.where()
+        self.items[item.split].append(item)
+        return True
+
+    def reject(self, split: str, item_id: str, path: str, reason: str, detail: str) -> None:
+        self.rejects.append(Reject(split, str(item_id), str(path), reason, detail))
+
+    def splits(self) -> list[str]:
+        """Splits with items or rejects, in the canonical order first."""
+        names = set(self.items) | {r.split for r in self.rejects}
+        return [s for s in SPLITS if s in names] + sorted(names - set(SPLITS))
+
+    def found(self, split: str) -> int:
+        return len(self.items.get(split, [])) + sum(r.split == split for r in self.rejects)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading annotation files
+# --------------------------------------------------------------------------------------------
+
+
+class RawMissing(UserError):
+    """The raw files of a dataset (config) are not in manual_dir: a multi-config build of
+    "every config present" skips it instead of failing."""
+
+
+class BadText(ValueError):
+    """A text field that cannot become a record: `reason` is the rejects-file code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def decode_utf8(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadText("not_utf8", f"byte {e.start} is not UTF-8 ({raw[e.start:e.start + 4]!r})"
+                      ) from None
+
+
+def clean_text(text: str) -> str:
+    """Whitespace collapsed (captions come with tabs, newlines and runs of spaces)."""
+    return " ".join(text.replace("\x00", " ").split())
+
+
+def clean_caption(text: str) -> str:
+    caption = clean_text(text)
+    if not caption:
+        raise BadText("empty_caption", "the caption is empty")
+    return caption
+
+
+def read_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw line without its line break), for per-line UTF-8 checks."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            yield number, line.rstrip(b"\r\n")
+
+
+def read_csv_rows(path: str, delimiter: str = ",") -> Iterator[tuple[int, dict[str, str] | BadText]]:
+    """(line number, row dict) per CSV row (``.csv`` or ``.csv.gz``); a row with the wrong
+    number of fields or bad UTF-8 comes back as a `BadText` instead of stopping the read."""
+    import gzip
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    text = raw.decode("utf-8", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise UserError(f"{path}: empty CSV file (no header row)") from None
+    header = [h.strip().lstrip("\ufeff") for h in header]
+    for values in reader:
+        number = reader.line_num
+        if not values or all(not v.strip() for v in values):
+            continue
+        if len(values) != len(header):
+            yield number, BadText("malformed_row", f"{len(values)} fields, header has "
+                                  f"{len(header)}")
+            continue
+        try:
+            row = {k: v.encode("utf-8", "surrogateescape").decode("utf-8")
+                   for k, v in zip(header, values)}
+        except UnicodeDecodeError:
+            yield number, BadText("not_utf8", "the row is not valid UTF-8")
+            continue
+        yield number, row
+
+
+def require_columns(path: str, row: dict[str, str], columns: Iterable[str]) -> None:
+    missing = [c for c in columns if c not in row]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} "
+                        f"(columns: {', '.join(row)})")
+
+
+def require_path(path: str, what: str) -> str:
+    """`path` if it exists, else a one-line error saying what was expected there."""
+    if not os.path.exists(path):
+        raise UserError(f"{path} does not exist: expected {what}")
+    return path
+
+
+def find_first(root: str, candidates: Sequence[str], what: str) -> str:
+    """The first existing `root/candidate`: publishers' archives unpack to slightly different
+    folder names (with or without a top-level folder)."""
+    for candidate in candidates:
+        path = os.path.join(root, candidate)
+        if os.path.exists(path):
+            return path
+    raise UserError(f"{root}: none of {', '.join(candidates)} exists: expected {what}")
+
+
+# --------------------------------------------------------------------------------------------
+# Deterministic splits for datasets shipped without one
+# --------------------------------------------------------------------------------------------
+
+
+def group_split(groups: Sequence[str], labels: Sequence[Any], fractions: dict[str, float],
+                seed: int) -> list[str]:
+    """A split name per item such that every group (patient, lesion, slide) lies in one split.
+
+    Stratified: within each label (a group's label is that of its first item), groups are
+    shuffled with `seed` and dealt to the splits until each split's share of that label's
+    *items* reaches its fraction. Pure function of (groups, labels, fractions, seed); the order
+    of the input does not matter.
+    """
+    if abs(sum(fractions.values()) - 1.0) > 1e-9 or min(fractions.values()) < 0:
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    group_label: dict[str, Any] = {}
+    group_size: collections.Counter = collections.Counter()
+    first_index: dict[str, int] = {}
+    order = sorted(range(len(groups)), key=lambda i: (str(groups[i]), i))
+    for i in order:
+        g = str(groups[i])
+        group_size[g] += 1
+        if g not in group_label:
+            group_label[g] = labels[i]
+            first_index[g] = i
+    assignment: dict[str, str] = {}
+    names = list(fractions)
+    for label in sorted({str(v) for v in group_label.values()}):
+        members = sorted(g for g, v in group_label.items() if str(v) == label)
+        rng = np.random.default_rng([seed, *label.encode("utf-8")])
+        members = [members[i] for i in rng.permutation(len(members))]
+        total = sum(group_size[g] for g in members)
+        targets = np.cumsum([fractions[n] for n in names]) * total
+        done = 0
+        for g in members:
+            # The first split whose cumulative target is not yet reached takes the group.
+            k = int(np.searchsorted(targets, done + 0.5 * group_size[g], side="right"))
+            assignment[g] = names[min(k, len(names) - 1)]
+            done += group_size[g]
+    return [assignment[str(g)] for g in groups]
+
+
+def hash_split(keys: Sequence[str], fractions: dict[str, float], seed: int) -> list[str]:
+    """`group_split` with every item its own group and a single stratum."""
+    return group_split(list(keys), [0] * len(keys), fractions, seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Image conversion (runs in worker processes)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionOptions:
+    max_side: int = 512
+    workers: int = 1
+    progress: bool = True
+
+
+def image_bytes(item: Item) -> bytes:
+    if isinstance(item.image, str):
+        try:
+            with open(item.image, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise images.Rejected("missing_file", f"{item.image} does not exist") from None
+        except (IsADirectoryError, PermissionError) as e:
+            raise images.Rejected("unreadable_file", f"{type(e).__name__}: {e}") from None
+    out = io.BytesIO()
+    try:
+        Image.fromarray(np.ascontiguousarray(item.image)).save(out, format="PNG")
+    except (TypeError, ValueError) as e:
+        raise images.Rejected("bad_array", f"cannot make an image of an array of shape "
+                              f"{item.image.shape} and dtype {item.image.dtype}: {e}") from None
+    return out.getvalue()
+
+
+def convert_item(item: Item, max_side: int) -> dict[str, Any] | Reject:
+    """The TFDS example of an item, or the `Reject` saying why it cannot be one."""
+    try:
+        converted = images.convert_image(image_bytes(item), max_side)
+    except images.Rejected as r:
+        return Reject(item.split, item.id, item.where(), r.reason, r.detail)
+    except Exception as e:  # noqa: BLE001 -- one bad file must never stop a build
+        return Reject(item.split, item.id, item.where(), "conversion_error",
+                      f"{type(e).__name__}: {e}")
+    return {"id": item.id, "image": converted.data, **item.fields}
+
+
+def _convert_star(args: tuple[Item, int]) -> dict[str, Any] | Reject:
+    return convert_item(*args)
+
+
+def convert_items(items: Sequence[Item], options: ConversionOptions, desc: str = ""
+                  ) -> Iterator[dict[str, Any] | Reject]:
+    """`convert_item` over `items`, in order, on `options.workers` processes."""
+    from tqdm import tqdm
+    bar = tqdm(total=len(items), desc=desc, unit="img", disable=not options.progress,
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        if options.workers <= 1 or len(items) < 2:
+            for item in items:
+                yield convert_item(item, options.max_side)
+                bar.update()
+            return
+        # spawn: the parent may hold threads (TFDS, grain) that make fork unsafe.
+        context = multiprocessing.get_context("spawn")
+        chunk = max(1, min(64, len(items) // (options.workers * 8)))
+        with context.Pool(options.workers) as pool:
+            for result in pool.imap(_convert_star, ((i, options.max_side) for i in items),
+                                    chunksize=chunk):
+                yield result
+                bar.update()
+    finally:
+        bar.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Build report
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class BuildReport:
+    """What a build found, wrote and rejected (per split and reason)."""
+
+    dataset: str
+    found: dict[str, int] = dataclasses.field(default_factory=dict)
+    written: dict[str, int] = dataclasses.field(default_factory=dict)
+    rejects: list[Reject] = dataclasses.field(default_factory=list)
+    data_dir: str = ""
+
+    def rejected(self, split: str) -> int:
+        return sum(r.split == split for r in self.rejects)
+
+    def reasons(self) -> dict[str, int]:
+        return dict(sorted(collections.Counter(r.reason for r in self.rejects).items()))
+
+    def check(self) -> None:
+        for split, found in self.found.items():
+            if self.written.get(split, 0) + self.rejected(split) != found:
+                raise AssertionError(
+                    f"{self.dataset} {split}: {self.written.get(split, 0)} written + "
+                    f"{self.rejected(split)} rejected != {found} found")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "found": self.found, "written": self.written,
+                "rejected": {s: self.rejected(s) for s in self.found},
+                "rejected_by_reason": self.reasons()}
+
+    def summary(self) -> str:
+        lines = [f"{self.dataset}: {sum(self.written.values())} records written, "
+                 f"{len(self.rejects)} rejected" + (f" -> {self.data_dir}" if self.data_dir else "")]
+        for split in self.found:
+            lines.append(f"  {split:<11} written {self.written.get(split, 0):>9}   rejected "
+                         f"{self.rejected(split):>7}   found {self.found[split]:>9}")
+        for reason, count in self.reasons().items():
+            lines.append(f"  rejected {reason}: {count}")
+        if self.rejects and self.data_dir:
+            lines.append(f"  every rejected item with its path and reason: "
+                         f"{os.path.join(self.data_dir, REJECTS_FILE)}")
+        return "\n".join(lines)
+
+    def write(self, directory: str) -> None:
+        self.data_dir = directory
+        with open(os.path.join(directory, REJECTS_FILE), "w", encoding="utf-8") as f:
+            for reject in self.rejects:
+                f.write(json.dumps(reject.to_json(), ensure_ascii=False) + "\n")
+        with open(os.path.join(directory, SUMMARY_FILE), "w", encoding="utf-8") as f:
+            json.dump(self.to_json(), f, indent=1)
+
+
+def read_rejects(dataset_dir: str) -> list[dict[str, str]]:
+    with open(os.path.join(dataset_dir, REJECTS_FILE), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# The builder base class
+# --------------------------------------------------------------------------------------------
+
+
+def image_feature() -> tfds.features.Image:
+    """Encoded JPEG or PNG bytes as the converter left them; grey images keep one channel in
+    the file and decode to 3 equal channels (PIL in our pipeline, or TFDS's decoder)."""
+    return tfds.features.Image(shape=(None, None, 3), encoding_format=None)
+
+
+class ManualImageBuilder(tfds.core.GeneratorBasedBuilder):
+    """Base class: a dataset read from the publisher's folder in `manual_dir`.
+
+    Subclasses set VERSION / RELEASE_NOTES / MANUAL_DOWNLOAD_INSTRUCTIONS (and BUILDER_CONFIGS
+    if any) and implement `record_features`, `scan` and optionally `metadata`.
+    """
+
+    options = ConversionOptions()
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        """The subclass's file (TFDS's own lookup needs the importlib_resources backport)."""
+        return epath.Path(sys.modules[cls.__module__].__file__)
+
+    # -- to implement -------------------------------------------------------------------------
+    def record_features(self) -> dict[str, tfds.features.FeatureConnector]:
+        """The non-image, non-id features of a record."""
+        raise NotImplementedError
+
+    def scan(self, manual_dir: str) -> Scan:
+        """Every item of the raw folder, per split, and what could not become an item."""
+        raise NotImplementedError
+
+    def metadata(self) -> dict[str, Any]:
+        """Stored in dataset_info (zero-shot tasks, split rule, source)."""
+        return {}
+
+    # -- TFDS hooks ---------------------------------------------------------------------------
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = {"id": tfds.features.Text(), "image": image_feature(),
+                    **self.record_features()}
+        return tfds.core.DatasetInfo(
+            builder=self, description=self.__doc__,
+            features=tfds.features.FeaturesDict(features),
+            metadata=tfds.core.MetadataDict(self.metadata()),
+            disable_shuffling=True)
+
+    def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[tuple[int, dict]]]:
+        manual_dir = os.fspath(dl_manager.manual_dir)
+        if not os.path.isdir(manual_dir):
+            raise UserError(f"--manual_dir {manual_dir} is not a folder: expected "
+                            f"{self.name}'s raw files ({self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()})")
+        scan = self.scan(manual_dir)
+        self.report = BuildReport(self.name + (f"@{self.builder_config.name}"
+                                               if self.builder_config else ""))
+        splits = scan.splits()
+        if not any(scan.items.values()):
+            raise UserError(f"{manual_dir}: no usable {self.name} item found "
+                            f"({len(scan.rejects)} rejected; first: "
+                            f"{scan.rejects[0].path if scan.rejects else 'none'}). "
+                            f"Expected: {self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}")
+        self.report.rejects.extend(scan.rejects)
+        for split in splits:
+            self.report.found[split] = scan.found(split)
+            self.report.written[split] = 0
+        return {split: self._generate(split, scan.items.get(split, []))
+                for split in splits if scan.items.get(split)}
+
+    def _generate(self, split: str, items: list[Item]) -> Iterator[tuple[int, dict]]:
+        index = 0
+        for result in convert_items(items, self.options, desc=f"{self.name} {split}"):
+            if isinstance(result, Reject):
+                self.report.rejects.append(result)
+                continue
+            yield index, result
+            index += 1
+        self.report.written[split] = index
+        if index == 0:  # TFDS cannot write an empty split, and it is a broken dataset anyway
+            rejects = [r for r in self.report.rejects if r.split == split]
+            raise UserError(
+                f"{self.name}: every one of the {len(rejects)} items of split {split!r} was "
+                f"rejected ({', '.join(f'{k}: {v}' for k, v in BuildReport('', rejects=rejects).reasons().items())}); "
+                f"first: {rejects[0].path}: {rejects[0].reason}: {rejects[0].detail}")
+
+    def _generate_examples(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("splits are generated by ManualImageBuilder._generate")
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------
+
+
+def check_file_format(file_format: str) -> None:
+    if file_format not in FILE_FORMATS:
+        raise UserError(f"--file_format: unknown {file_format!r}; choose "
+                        f"{' or '.join(FILE_FORMATS)}")
+    if file_format == "tfrecord":
+        try:
+            import tensorflow  # noqa: F401
+        except ImportError:
+            raise UserError("--file_format tfrecord needs TensorFlow (pip install tensorflow); "
+                            "array_record needs nothing more") from None
+
+
+def prepare(builder_class: Callable[..., ManualImageBuilder], manual_dir: str, data_dir: str,
+            config: str | None = None, file_format: str = "array_record",
+            options: ConversionOptions = ConversionOptions()) -> BuildReport:
+    """Builds one dataset (config) from `manual_dir` into `data_dir`; returns its report.
+
+    An already complete build is left alone and its saved report returned.
+    """
+    check_file_format(file_format)
+    if options.max_side <= 0:
+        raise UserError(f"--max_image_side must be positive, got {options.max_side}")
+    if options.workers <= 0:
+        raise UserError(f"--workers must be positive, got {options.workers}")
+    kwargs = {"config": config} if config else {}
+    try:
+        builder = builder_class(data_dir=data_dir, file_format=file_format, **kwargs)
+    except ValueError as e:
+        raise UserError(f"{getattr(builder_class, 'name', builder_class)}: {e}") from None
+    name = builder.name + (f"@{builder.builder_config.name}" if builder.builder_config else "")
+    if builder.is_prepared():
+        return load_report(name, builder.data_dir)
+    builder.options = options
+    tfds.disable_progress_bar()  # ours counts images; TFDS's would interleave with it
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=os.path.abspath(manual_dir), try_download_gcs=False))
+    report = builder.report
+    report.check()
+    report.write(builder.data_dir)
+    return report
+
+
+def load_report(name: str, dataset_dir: str) -> BuildReport:
+    with open(os.path.join(dataset_dir, SUMMARY_FILE), encoding="utf-8") as f:
+        saved = json.load(f)
+    report = BuildReport(name, saved["found"], saved["written"], data_dir=dataset_dir)
+    report.rejects = [Reject(**r) for r in read_rejects(dataset_dir)]
+    return report
