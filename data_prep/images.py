@@ -5,7 +5,9 @@ rejected with a short reason code the builder counts and lists in its rejects fi
 Rules:
 * grey stays grey ("L": X-rays are single-channel); 16/32-bit grey is min-max scaled to 8 bits;
   alpha is composited on white; CMYK, palette, YCbCr, ... become RGB (`image_ops.to_rgb`);
-* the longer side is downscaled (bicubic, antialiased) to at most `max_side`, aspect kept;
+* the longer side is downscaled (bicubic, antialiased) to at most `max_side`, aspect kept; a
+  JPEG is first decoded at the DCT scale (1/2, 1/4, 1/8) that still covers the target size
+  (3x faster on 2048 px figures, `benchmarks/data_prep_throughput.py`);
 * a JPEG that needs no change is kept byte for byte; other JPEG sources are re-encoded as JPEG
   (quality 95), everything else as PNG (lossless);
 * rejected: empty files, bytes PIL cannot identify, truncated or corrupt pixel data, images with
@@ -42,14 +44,20 @@ class ConvertedImage:
     mode: str  # "L" | "RGB"
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decoded PIL image, or `Rejected` naming why not."""
+def open_image(data: bytes, max_pixels: int, max_side: int | None = None) -> Image.Image:
+    """Decoded PIL image, or `Rejected` naming why not.
+
+    With `max_side`, a JPEG that will be downscaled is decoded at the smallest DCT scale (1/2,
+    1/4, 1/8) that still covers the target size: several times faster for large scans and
+    figures. The size before that is kept in ``image.info["source_size"]``."""
     if not data:
         raise Rejected("empty_file", "the file has no bytes")
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise Rejected("unreadable", "not an image format PIL can identify") from None
+    except Image.DecompressionBombError as e:
+        raise Rejected("too_many_pixels", str(e)) from None
     except (OSError, SyntaxError, ValueError) as e:  # a header cut short or malformed
         raise Rejected("corrupt", f"{type(e).__name__}: {e}") from None
     width, height = image.size
@@ -57,7 +65,11 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise Rejected("empty_image", f"size {width}x{height}")
     if width * height > max_pixels:
         raise Rejected("too_many_pixels", f"{width}x{height} exceeds {max_pixels} pixels")
+    image.info["source_size"] = (width, height)
+    target = fitted_size(width, height, max_side) if max_side else (width, height)
     try:
+        if image.format == "JPEG" and target != (width, height):
+            image.draft(image.mode, target)
         image.load()
     except (OSError, SyntaxError, ValueError) as e:
         raise Rejected("corrupt", f"{type(e).__name__}: {e}") from None
@@ -75,13 +87,21 @@ def normalise_mode(image: Image.Image) -> Image.Image:
     return image_ops.to_rgb(image)
 
 
-def fit_within(image: Image.Image, max_side: int) -> Image.Image:
-    """Longer side at most `max_side` (aspect ratio kept; never upscaled)."""
-    width, height = image.size
+def fitted_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) with the longer side at most `max_side`, aspect ratio kept."""
     if max(width, height) <= max_side:
-        return image
+        return width, height
     scale = max_side / max(width, height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def fit_within(image: Image.Image, max_side: int,
+               source_size: tuple[int, int] | None = None) -> Image.Image:
+    """Longer side at most `max_side` (aspect ratio kept; never upscaled). The target size is
+    computed from `source_size` (the size before a JPEG draft decode) when given."""
+    size = fitted_size(*(source_size or image.size), max_side)
+    if image.size == size:
+        return image
     return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
@@ -90,10 +110,10 @@ def convert_image(data: bytes, max_side: int = 512,
     """Normalised, re-encoded image bytes; raises `Rejected` for what cannot be converted."""
     if max_side <= 0:
         raise ValueError(f"max_side must be positive, got {max_side}")
-    image = open_image(data, max_pixels)
-    source_format = image.format
-    converted = fit_within(normalise_mode(image), max_side)
-    unchanged = converted is image
+    image = open_image(data, max_pixels, max_side)
+    source_format, source_size = image.format, image.info["source_size"]
+    converted = fit_within(normalise_mode(image), max_side, source_size)
+    unchanged = converted is image and image.size == source_size
     if source_format == "JPEG":
         if unchanged:
             return ConvertedImage(data, "jpeg", *converted.size, converted.mode)

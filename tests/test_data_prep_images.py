@@ -99,3 +99,24 @@ def test_decompression_bombs_are_rejected_before_decoding():
     with pytest.raises(Rejected) as info:
         convert_image(data, max_pixels=300 * 299)
     assert info.value.reason == "too_many_pixels"
+
+
+def test_large_jpeg_draft_decode_matches_a_full_decode_and_resize():
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.integers(0, 256, (13, 17, 3), dtype=np.uint8))
+    source = coarse.resize((1700, 1300), Image.Resampling.BILINEAR)  # smooth, like a photo
+    data = encode(source, "JPEG", quality=95)
+    result = convert_image(data, max_side=200)
+    assert (result.width, result.height) == (200, 153)  # 1300 * 200 / 1700 = 152.9
+    reference = decode(data).resize((200, 153), Image.Resampling.BICUBIC)
+    diff = np.abs(np.asarray(decode(result.data), np.float64)
+                  - np.asarray(reference, np.float64))
+    # Re-encoding (JPEG q95) and the DCT-scaled decode differ from the reference by a few
+    # levels; a misplaced or mis-scaled image would differ by tens.
+    assert diff.mean() < 4.0 and np.percentile(diff, 99) < 16
+
+
+def test_jpeg_whose_draft_lands_on_the_target_size_is_still_re_encoded():
+    data = encode(Image.fromarray(np.full((400, 800, 3), 128, np.uint8)), "JPEG")
+    result = convert_image(data, max_side=200)  # 1/4 DCT scale gives exactly 200 x 100
+    assert (result.width, result.height) == (200, 100) and result.data != data

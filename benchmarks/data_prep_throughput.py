@@ -1,0 +1,115 @@
+"""Conversion throughput of the data_prep builders (images/s) for 1 and N worker processes.
+
+    .venv/bin/python benchmarks/data_prep_throughput.py [--images 96] [--workers 1,2]
+        [--kinds rgb_figure,grey_xray,rgb_tiff] [--max_image_side 512]
+
+Generates full-resolution images in a ROCO release layout (the conversion path is the same for
+every builder: read file -> decode -> normalise mode -> downscale -> re-encode -> write
+ArrayRecord), then times `python -m data_prep.build`'s code path end to end for each worker
+count, on a fresh output folder each time. Image kinds, at publishers' typical sizes:
+
+* rgb_figure: 2048 x 1536 RGB JPEG (a PMC figure / BACH photo size);
+* grey_xray:  2544 x 3056 8-bit grey JPEG (a MIMIC-CXR-JPG radiograph);
+* rgb_tiff:   2048 x 1536 RGB TIFF, uncompressed (BACH's .tif microscopy photos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data_prep import build as build_lib  # noqa: E402
+
+KINDS = {
+    "rgb_figure": ((2048, 1536), "RGB", "JPEG"),
+    "grey_xray": ((2544, 3056), "L", "JPEG"),
+    "rgb_tiff": ((2048, 1536), "RGB", "TIFF"),
+}
+
+
+def smooth_image(rng: np.random.Generator, size: tuple[int, int], mode: str) -> Image.Image:
+    """Low-frequency structure plus noise, so JPEG sizes and decode costs are realistic."""
+    channels = 3 if mode == "RGB" else 1
+    coarse = rng.integers(0, 256, (size[1] // 64 + 1, size[0] // 64 + 1, channels), np.uint8)
+    image = Image.fromarray(coarse.squeeze(-1) if channels == 1 else coarse, mode)
+    image = image.resize(size, Image.Resampling.BILINEAR)
+    noise = rng.integers(-12, 13, (size[1], size[0], channels), np.int16)
+    pixels = np.asarray(image, np.int16).reshape(size[1], size[0], channels) + noise
+    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode)
+
+
+def write_release(root: str, kind: str, count: int) -> int:
+    """A ROCO-layout train split of `count` generated images; returns the bytes written."""
+    size, mode, fmt = KINDS[kind]
+    folder = os.path.join(root, "train", "radiology")
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    rng = np.random.default_rng(0)
+    template = smooth_image(rng, size, mode)
+    total = 0
+    lines = []
+    for i in range(count):
+        # Vary each image a little (a shifted copy) so no two files are identical.
+        image = Image.fromarray(np.roll(np.asarray(template), i * 7, axis=1), mode)
+        out = io.BytesIO()
+        image.save(out, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        ext = "jpg" if fmt == "JPEG" else "tif"
+        with open(os.path.join(folder, "images", f"ROCO_{i:06d}.{ext}"), "wb") as f:
+            f.write(out.getvalue())
+        total += out.tell()
+        lines.append(f"ROCO_{i:06d}\t generated image {i}")
+    with open(os.path.join(folder, "captions.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return total
+
+
+def time_build(raw: str, workers: int, max_side: int) -> tuple[float, int]:
+    out = tempfile.mkdtemp(prefix="bench_out_")
+    try:
+        start = time.perf_counter()
+        (report,) = build_lib.build("roco", raw, out, max_image_side=max_side, workers=workers)
+        return time.perf_counter() - start, sum(report.written.values())
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--workers", default=f"1,{os.cpu_count() or 1}")
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--max_image_side", type=int, default=512)
+    args = parser.parse_args()
+    workers = sorted({int(w) for w in args.workers.split(",")})
+    print(f"{os.cpu_count()} CPUs; {args.images} images per kind; max side {args.max_image_side}")
+    print("| image kind | source size | MB on disk | workers | seconds | images/s | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for kind in args.kinds.split(","):
+        raw = tempfile.mkdtemp(prefix="bench_raw_")
+        try:
+            total = write_release(raw, kind, args.images)
+            baseline = None
+            for w in workers:
+                seconds, written = time_build(raw, w, args.max_image_side)
+                assert written == args.images, (written, args.images)
+                rate = written / seconds
+                baseline = baseline or rate
+                size = "x".join(map(str, KINDS[kind][0]))
+                print(f"| {kind} | {size} | {total / 1e6:.0f} | {w} | {seconds:.1f} | "
+                      f"{rate:.1f} | {rate / baseline:.2f}x |", flush=True)
+        finally:
+            shutil.rmtree(raw, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

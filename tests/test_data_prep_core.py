@@ -1,0 +1,191 @@
+"""data_prep core: deterministic group splits, CSV row handling, parallel conversion equal to
+serial, the build command's summary, rejects file and errors."""
+
+import collections
+import json
+import os
+
+import numpy as np
+import pytest
+
+from data_prep import build as build_lib
+from data_prep import core
+from data_prep_helpers import run_build, write_image
+from medclip_jax.data import sources
+from medclip_jax.errors import UserError
+
+
+def make_groups(n_groups=60, seed=0):
+    rng = np.random.default_rng(seed)
+    groups, labels = [], []
+    for g in range(n_groups):
+        label = ["a", "b", "c"][g % 3]
+        for _ in range(int(rng.integers(1, 5))):
+            groups.append(f"patient{g}")
+            labels.append(label)
+    return groups, labels
+
+
+FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
+
+
+def test_group_split_keeps_groups_whole_and_is_stratified():
+    groups, labels = make_groups()
+    splits = core.group_split(groups, labels, FRACTIONS, seed=0)
+    by_group = collections.defaultdict(set)
+    for g, s in zip(groups, splits):
+        by_group[g].add(s)
+    assert all(len(s) == 1 for s in by_group.values())
+    for label in "abc":
+        rows = [s for s, l in zip(splits, labels) if l == label]
+        for name, fraction in FRACTIONS.items():
+            # Whole groups of <= 4 items: within a few items of the target share.
+            assert abs(rows.count(name) - fraction * len(rows)) <= 4, (label, name)
+
+
+def test_group_split_is_deterministic_and_order_free():
+    groups, labels = make_groups()
+    first = core.group_split(groups, labels, FRACTIONS, seed=0)
+    assert core.group_split(groups, labels, FRACTIONS, seed=0) == first
+    order = np.random.default_rng(1).permutation(len(groups))
+    shuffled = core.group_split([groups[i] for i in order], [labels[i] for i in order],
+                                FRACTIONS, seed=0)
+    assert [shuffled[list(order).index(i)] for i in range(len(groups))] == first
+    assert core.group_split(groups, labels, FRACTIONS, seed=1) != first
+
+
+def test_group_split_rejects_bad_fractions():
+    with pytest.raises(ValueError, match="sum to 1"):
+        core.group_split(["a"], [0], {"train": 0.7, "test": 0.2}, seed=0)
+
+
+def test_hash_split_fractions():
+    splits = core.hash_split([f"img{i}" for i in range(1000)], FRACTIONS, seed=0)
+    counts = collections.Counter(splits)
+    assert counts == {"train": 700, "validation": 100, "test": 200}
+
+
+def test_read_csv_rows_reports_bad_rows(tmp_path):
+    path = tmp_path / "meta.csv"
+    path.write_bytes(b"\xef\xbb\xbfid,label\n"  # UTF-8 byte order mark
+                     b"a,1\n"
+                     b"b,2,extra\n"
+                     b"\n"
+                     b"c,caf\xe9\n"
+                     b'd,"multi\nline"\n')
+    rows = list(core.read_csv_rows(str(path)))
+    assert rows[0] == (2, {"id": "a", "label": "1"})
+    assert isinstance(rows[1][1], core.BadText) and rows[1][1].reason == "malformed_row"
+    assert isinstance(rows[2][1], core.BadText) and rows[2][1].reason == "not_utf8"
+    assert rows[3][1] == {"id": "d", "label": "multi\nline"}
+    assert len(rows) == 4
+
+
+def test_read_csv_rows_gzip(tmp_path):
+    import gzip
+    path = tmp_path / "meta.csv.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"id,label\nx,3\n")
+    assert list(core.read_csv_rows(str(path))) == [(2, {"id": "x", "label": "3"})]
+
+
+def test_clean_caption():
+    assert core.clean_caption("  CT of\tthe\n chest. ") == "CT of the chest."
+    with pytest.raises(core.BadText, match="empty"):
+        core.clean_caption(" \n\t ")
+    with pytest.raises(core.BadText) as e:
+        core.decode_utf8(b"caf\xe9")
+    assert e.value.reason == "not_utf8"
+
+
+def test_array_items_become_png_and_bad_arrays_are_rejects():
+    good = core.Item("train", "x", np.zeros((4, 5, 3), np.uint8), {})
+    record = core.convert_item(good, max_side=64)
+    assert record["id"] == "x" and record["image"][:4] == b"\x89PNG"
+    bad = core.Item("train", "y", np.zeros((4, 5, 7), np.uint8), {}, path="f.h5[3]")
+    reject = core.convert_item(bad, max_side=64)
+    assert isinstance(reject, core.Reject) and reject.reason == "bad_array"
+    assert reject.path == "f.h5[3]"
+
+
+def roco_layout(root, n, kinds=("rgb_jpeg", "garbage", "grey_png")):
+    """A minimal ROCO release folder (see test_data_prep_roco for the full one)."""
+    for split in ("train", "test"):
+        folder = os.path.join(root, split, "radiology")
+        lines = []
+        for i in range(n):
+            roco_id = f"ROCO_{split}{i}"
+            write_image(os.path.join(folder, "images", f"{roco_id}.jpg"), kinds[i % len(kinds)],
+                        seed=i)
+            lines.append(f"{roco_id}\t caption {i}")
+        with open(os.path.join(folder, "captions.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return root
+
+
+def test_parallel_conversion_equals_serial(tmp_path):
+    raw = roco_layout(str(tmp_path / "raw"), 9)
+    (serial,) = run_build("roco", raw, tmp_path / "one", workers=1)
+    (parallel,) = run_build("roco", raw, tmp_path / "two", workers=2)
+    assert serial.written == parallel.written and serial.rejects == parallel.rejects
+    for split in ("train", "test"):
+        a = sources.open_source(str(tmp_path / "one"), "roco", split)
+        b = sources.open_source(str(tmp_path / "two"), "roco", split)
+        assert [a[i] for i in range(len(a))] == [b[i] for i in range(len(b))]
+
+
+def test_cli_summary_rejects_file_and_rebuild(tmp_path, capsys):
+    raw = roco_layout(str(tmp_path / "raw"), 3)
+    out = str(tmp_path / "out")
+    args = ["roco", "--manual_dir", raw, "--data_dir", out, "--workers", "1", "--no_progress",
+            "--max_image_side", "32"]
+    assert build_lib.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "roco@radiology: 4 records written, 2 rejected" in printed
+    assert "rejected unreadable: 2" in printed and "rejects.jsonl" in printed
+    dataset_dir = sources.dataset_dir(out, "roco")
+    rows = core.read_rejects(dataset_dir)
+    assert {r["id"] for r in rows} == {"ROCO_train1", "ROCO_test1"}
+    assert all(r["path"].endswith(".jpg") for r in rows)
+    summary = json.load(open(os.path.join(dataset_dir, core.SUMMARY_FILE)))
+    assert summary["written"] == {"train": 2, "test": 2}
+    assert summary["rejected_by_reason"] == {"unreadable": 2}
+    # A second run finds the complete build and reports it again without rebuilding.
+    assert build_lib.main(args) == 0
+    assert "4 records written, 2 rejected" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nonexistent"], "unknown dataset 'nonexistent'"),
+    (["roco@nope"], "unknown config 'nope'"),
+    (["roco", "--max_image_side", "0"], "--max_image_side must be positive"),
+    (["roco", "--workers", "0"], "--workers must be positive"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
+    full = args[:1] + ["--manual_dir", str(tmp_path), "--data_dir", str(tmp_path / "o")] + args[1:]
+    assert build_lib.main(full) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_tfrecord_needs_tensorflow(tmp_path):
+    try:
+        import tensorflow  # noqa: F401
+        pytest.skip("TensorFlow is installed: tfrecord output is available")
+    except ImportError:
+        pass
+    with pytest.raises(UserError, match="needs TensorFlow"):
+        build_lib.build("roco", str(tmp_path), str(tmp_path / "o"), file_format="tfrecord")
+
+
+def test_split_with_every_item_rejected_fails_clearly(tmp_path):
+    raw = roco_layout(str(tmp_path / "raw"), 2, kinds=("garbage",))
+    with pytest.raises(UserError, match="every one of the 2 items of split 'train'"):
+        run_build("roco", raw, tmp_path / "out")
+
+
+def test_list_names_every_builder(capsys):
+    assert build_lib.main(["--list"]) == 0
+    printed = capsys.readouterr().out
+    for name in build_lib.BUILDERS:
+        assert name in printed
