@@ -4,7 +4,8 @@
         [--file_format array_record|tfrecord] [--max_image_side 512] [--workers N]
 
 ``<name>`` is one of `BUILDERS` (``python -m data_prep.build --list`` prints them with their
-configs). Without ``@config``, a builder with several configs builds every config whose raw
+configs), or ``all``: then ``--manual_dir`` is a folder holding one raw folder per dataset, named
+as in `BUILDERS` (``RAW/roco``, ``RAW/mimic_cxr``, ...), and every one present is built. Without ``@config``, a builder with several configs builds every config whose raw
 files are present (MedMNIST: each npz found) and says which it skipped. Converts with
 ``--workers`` processes (default: all cores), shows a progress bar, and ends with a summary:
 records written per split, records rejected per reason, and the path of the rejects file that
@@ -84,11 +85,29 @@ def build(spec: str, manual_dir: str, data_dir: str, file_format: str = "array_r
     return reports
 
 
+def build_all(manual_root: str, data_dir: str, log=None, **kwargs: Any
+              ) -> list[core.BuildReport]:
+    """Every dataset whose raw folder ``<manual_root>/<name>`` exists; lists the others."""
+    present = [n for n in BUILDERS if os.path.isdir(os.path.join(manual_root, n))]
+    if not present:
+        raise UserError(f"{manual_root}: no dataset folder found; expected one or more of "
+                        f"{', '.join(BUILDERS)} (each as its publisher ships it)")
+    if log is not None:
+        missing = [n for n in BUILDERS if n not in present]
+        log(f"building {', '.join(present)}; no folder for {', '.join(missing) or 'none'}")
+    reports = []
+    for name in present:
+        reports.extend(build(name, os.path.join(manual_root, name), data_dir, log=log,
+                             **kwargs))
+    return reports
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.build",
         description="Convert a dataset folder (as its publisher ships it) to TFDS ArrayRecord.")
-    parser.add_argument("name", nargs="?", help="dataset[@config]; --list shows them")
+    parser.add_argument("name", nargs="?",
+                        help="dataset[@config] (--list shows them), or 'all'")
     parser.add_argument("--manual_dir", help="the raw dataset folder")
     parser.add_argument("--data_dir", help="TFDS data_dir to write into")
     parser.add_argument("--file_format", default="array_record", choices=core.FILE_FORMATS)
@@ -113,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(name + (f"  configs: {', '.join(configs)}" if configs else ""))
             return 0
         start = time.perf_counter()
-        reports = build(args.name, args.manual_dir, args.data_dir, args.file_format,
-                        args.max_image_side, args.workers, not args.no_progress,
-                        log=lambda m: print(m, file=sys.stderr))
+        options = dict(file_format=args.file_format, max_image_side=args.max_image_side,
+                       workers=args.workers, progress=not args.no_progress,
+                       log=lambda m: print(m, file=sys.stderr))
+        if args.name == "all":
+            reports = build_all(args.manual_dir, args.data_dir, **options)
+        else:
+            reports = build(args.name, args.manual_dir, args.data_dir, **options)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

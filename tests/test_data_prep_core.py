@@ -189,3 +189,14 @@ def test_list_names_every_builder(capsys):
     printed = capsys.readouterr().out
     for name in build_lib.BUILDERS:
         assert name in printed
+
+
+def test_build_all_builds_every_dataset_folder_present(tmp_path, capsys):
+    roco_layout(str(tmp_path / "raw" / "roco"), 2, kinds=("rgb_jpeg",))
+    out = str(tmp_path / "out")
+    assert build_lib.main(["all", "--manual_dir", str(tmp_path / "raw"), "--data_dir", out,
+                           "--workers", "1", "--no_progress"]) == 0
+    captured = capsys.readouterr()
+    assert "roco@radiology: 4 records written, 0 rejected" in captured.out
+    assert "no folder for pmc_oa" in captured.err
+    assert build_lib.main(["all", "--manual_dir", str(tmp_path / "empty"), "--data_dir", out]) == 2
