@@ -9,7 +9,9 @@ as in `BUILDERS` (``RAW/roco``, ``RAW/mimic_cxr``, ...), and every one present i
 files are present (MedMNIST: each npz found) and says which it skipped. Converts with
 ``--workers`` processes (default: all cores), shows a progress bar, and ends with a summary:
 records written per split, records rejected per reason, and the path of the rejects file that
-lists each rejected item with its path and reason.
+lists each rejected item with its path and reason. An interrupted build (Ctrl-C, a killed
+job) resumes when the same command is run again: images converted before are not converted
+again (`data_prep.conversion_cache`).
 """
 
 from __future__ import annotations
@@ -59,11 +61,11 @@ def config_names(cls: Any) -> list[str]:
 
 def build(spec: str, manual_dir: str, data_dir: str, file_format: str = "array_record",
           max_image_side: int = 512, workers: int = 1, progress: bool = False,
-          log=None) -> list[core.BuildReport]:
+          resume: bool = True, log=None) -> list[core.BuildReport]:
     """Builds ``name[@config]``; every config with raw files present when none is named."""
     name, _, config = spec.partition("@")
     cls = builder_class(name)
-    options = core.ConversionOptions(max_image_side, workers, progress)
+    options = core.ConversionOptions(max_image_side, workers, progress, resume)
     configs = config_names(cls)
     if config and config not in configs:
         raise UserError(f"{name}: unknown config {config!r}; choose one of "
@@ -116,6 +118,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="image conversion processes (default: all cores)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no_resume", action="store_true",
+                        help="do not keep converted images for resuming an interrupted build")
     parser.add_argument("--list", action="store_true", help="list datasets and configs")
     args = parser.parse_args(argv)
     if not args.list and not (args.name and args.manual_dir and args.data_dir):
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         options = dict(file_format=args.file_format, max_image_side=args.max_image_side,
                        workers=args.workers, progress=not args.no_progress,
+                       resume=not args.no_resume,
                        log=lambda m: print(m, file=sys.stderr))
         if args.name == "all":
             reports = build_all(args.manual_dir, args.data_dir, **options)

@@ -17,7 +17,9 @@ Invariant (checked): written + rejected = found, per split. Records keep scan or
 
 An interrupted build leaves no half-written version: TFDS writes into a temporary folder and
 renames it when every split is done, and readers ignore version folders without a
-dataset_info.json. Re-running the command builds again from the start.
+dataset_info.json. Re-running the command resumes: the images converted before the
+interruption are kept in a cache file next to the version folder (`conversion_cache`) and are
+not converted again; the records are then written anew, which is fast.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from etils import epath
 from PIL import Image
 
 from data_prep import images
+from data_prep.conversion_cache import ConversionCache, cache_path
 from medclip_jax.errors import UserError
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -265,6 +268,7 @@ class ConversionOptions:
     max_side: int = 512
     workers: int = 1
     progress: bool = True
+    resume: bool = True  # keep conversions in a cache file so an interrupted build resumes
 
 
 def image_bytes(item: Item) -> bytes:
@@ -301,27 +305,47 @@ def _convert_star(args: tuple[Item, int]) -> dict[str, Any] | Reject:
     return convert_item(*args)
 
 
-def convert_items(items: Sequence[Item], options: ConversionOptions, desc: str = ""
-                  ) -> Iterator[dict[str, Any] | Reject]:
+def converted(items: Sequence[Item], options: ConversionOptions
+              ) -> Iterator[dict[str, Any] | Reject]:
     """`convert_item` over `items`, in order, on `options.workers` processes."""
+    if options.workers <= 1 or len(items) < 2:
+        for item in items:
+            yield convert_item(item, options.max_side)
+        return
+    # spawn: the parent may hold threads (TFDS, grain) that make fork unsafe.
+    context = multiprocessing.get_context("spawn")
+    chunk = max(1, min(64, len(items) // (options.workers * 8)))
+    with context.Pool(options.workers) as pool:
+        yield from pool.imap(_convert_star, ((i, options.max_side) for i in items),
+                             chunksize=chunk)
+
+
+def convert_items(items: Sequence[Item], options: ConversionOptions, desc: str = "",
+                  cache: ConversionCache | None = None) -> Iterator[dict[str, Any] | Reject]:
+    """`converted(items)` in order, with a progress bar; with a `cache`, items converted by an
+    earlier, interrupted run are taken from it and new results are added to it."""
     from tqdm import tqdm
+    done = cache.reusable(list(items)) if cache is not None else set()
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=not options.progress,
-               file=sys.stderr, dynamic_ncols=True)
+               file=sys.stderr, dynamic_ncols=True, initial=0)
+    if done:
+        bar.write(f"{desc}: {len(done)} of {len(items)} images already converted by an "
+                  f"earlier run ({cache.path})")
+    fresh = converted([i for i in items if i.id not in done], options)
     try:
-        if options.workers <= 1 or len(items) < 2:
-            for item in items:
-                yield convert_item(item, options.max_side)
-                bar.update()
-            return
-        # spawn: the parent may hold threads (TFDS, grain) that make fork unsafe.
-        context = multiprocessing.get_context("spawn")
-        chunk = max(1, min(64, len(items) // (options.workers * 8)))
-        with context.Pool(options.workers) as pool:
-            for result in pool.imap(_convert_star, ((i, options.max_side) for i in items),
-                                    chunksize=chunk):
-                yield result
-                bar.update()
+        for item in items:
+            if item.id in done:
+                result = cache.load(item)
+            else:
+                result = next(fresh)
+                if cache is not None:
+                    cache.store(item, result)
+            yield result
+            bar.update()
     finally:
+        fresh.close()
+        if cache is not None:
+            cache.flush()
         bar.close()
 
 
@@ -404,6 +428,7 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder):
     """
 
     options = ConversionOptions()
+    cache: ConversionCache | None = None  # set by `prepare` when resuming is on
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -457,7 +482,8 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder):
 
     def _generate(self, split: str, items: list[Item]) -> Iterator[tuple[int, dict]]:
         index = 0
-        for result in convert_items(items, self.options, desc=f"{self.name} {split}"):
+        for result in convert_items(items, self.options, desc=f"{self.name} {split}",
+                                    cache=self.cache):
             if isinstance(result, Reject):
                 self.report.rejects.append(result)
                 continue
@@ -514,8 +540,18 @@ def prepare(builder_class: Callable[..., ManualImageBuilder], manual_dir: str, d
         return load_report(name, builder.data_dir)
     builder.options = options
     tfds.disable_progress_bar()  # ours counts images; TFDS's would interleave with it
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=os.path.abspath(manual_dir), try_download_gcs=False))
+    # Next to the final version folder (TFDS writes into a temporary one); SQLite needs a local
+    # file system, so a gs:// data_dir builds without resuming.
+    if options.resume and "://" not in os.fspath(builder.data_dir):
+        builder.cache = ConversionCache(cache_path(builder.data_dir), options.max_side)
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=os.path.abspath(manual_dir), try_download_gcs=False))
+    finally:
+        if builder.cache is not None:
+            builder.cache.close()
+    if builder.cache is not None:
+        builder.cache.remove()  # complete: nothing left to resume
     report = builder.report
     report.check()
     report.write(builder.data_dir)

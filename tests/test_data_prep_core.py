@@ -200,3 +200,49 @@ def test_build_all_builds_every_dataset_folder_present(tmp_path, capsys):
     assert "roco@radiology: 4 records written, 0 rejected" in captured.out
     assert "no folder for pmc_oa" in captured.err
     assert build_lib.main(["all", "--manual_dir", str(tmp_path / "empty"), "--data_dir", out]) == 2
+
+
+def test_interrupted_build_resumes_without_converting_again(tmp_path, monkeypatch):
+    raw = roco_layout(str(tmp_path / "raw"), 6)
+    (reference,) = run_build("roco", raw, tmp_path / "reference")
+    calls = []
+    real = core.convert_item
+
+    def interrupted_after_four(item, max_side):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(item.id)
+        return real(item, max_side)
+
+    monkeypatch.setattr(core, "convert_item", interrupted_after_four)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_build("roco", raw, out)
+    dataset_dir = os.path.join(str(out), "roco", "radiology", "1.0.0")
+    assert not os.path.exists(dataset_dir)  # nothing half-written is visible
+    assert os.path.exists(dataset_dir + ".conversion_cache.sqlite")
+
+    calls.clear()
+    monkeypatch.setattr(core, "convert_item", lambda item, side: (calls.append(item.id),
+                                                                   real(item, side))[1])
+    (resumed,) = run_build("roco", raw, out)
+    assert len(calls) == 12 - 4  # only what the first run had not converted
+    assert resumed.written == reference.written and resumed.rejects == reference.rejects
+    for split in ("train", "test"):
+        a = sources.open_source(str(tmp_path / "reference"), "roco", split)
+        b = sources.open_source(str(out), "roco", split)
+        assert [a[i] for i in range(len(a))] == [b[i] for i in range(len(b))]
+    assert not os.path.exists(dataset_dir + ".conversion_cache.sqlite")
+
+
+def test_changed_source_file_is_converted_again(tmp_path, monkeypatch):
+    from data_prep.conversion_cache import ConversionCache
+    image = write_image(str(tmp_path / "a.jpg"), "rgb_jpeg", seed=0)
+    item = core.Item("train", "a", image, {})
+    cache = ConversionCache(str(tmp_path / "c.sqlite"), max_side=64)
+    cache.store(item, core.convert_item(item, 64))
+    assert cache.reusable([item]) == {"a"}
+    assert ConversionCache(str(tmp_path / "c.sqlite"), max_side=32).reusable([item]) == set()
+    write_image(image, "rgb_jpeg", seed=1, size=(30, 20))
+    os.utime(image, ns=(1, 1))
+    assert cache.reusable([item]) == set()
