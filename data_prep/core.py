@@ -429,6 +429,7 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder):
 
     options = ConversionOptions()
     cache: ConversionCache | None = None  # set by `prepare` when resuming is on
+    manual_dir: str = ""  # set by `prepare`
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -460,10 +461,10 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder):
             disable_shuffling=True)
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[tuple[int, dict]]]:
-        manual_dir = os.fspath(dl_manager.manual_dir)
-        if not os.path.isdir(manual_dir):
-            raise UserError(f"--manual_dir {manual_dir} is not a folder: expected "
-                            f"{self.name}'s raw files ({self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()})")
+        # Not dl_manager.manual_dir: TFDS asserts it is non-empty, and the builder's own scan
+        # says better what is missing.
+        del dl_manager
+        manual_dir = self.manual_dir
         scan = self.scan(manual_dir)
         self.report = BuildReport(self.name + (f"@{self.builder_config.name}"
                                                if self.builder_config else ""))
@@ -530,6 +531,10 @@ def prepare(builder_class: Callable[..., ManualImageBuilder], manual_dir: str, d
         raise UserError(f"--max_image_side must be positive, got {options.max_side}")
     if options.workers <= 0:
         raise UserError(f"--workers must be positive, got {options.workers}")
+    if not os.path.isdir(manual_dir):
+        raise UserError(f"--manual_dir {manual_dir} is not a folder: expected "
+                        f"{getattr(builder_class, 'name', 'the dataset')}'s raw files as its "
+                        f"publisher ships them")
     kwargs = {"config": config} if config else {}
     try:
         builder = builder_class(data_dir=data_dir, file_format=file_format, **kwargs)
@@ -539,6 +544,7 @@ def prepare(builder_class: Callable[..., ManualImageBuilder], manual_dir: str, d
     if builder.is_prepared():
         return load_report(name, builder.data_dir)
     builder.options = options
+    builder.manual_dir = os.path.abspath(manual_dir)
     tfds.disable_progress_bar()  # ours counts images; TFDS's would interleave with it
     # Next to the final version folder (TFDS writes into a temporary one); SQLite needs a local
     # file system, so a gs:// data_dir builds without resuming.

@@ -246,3 +246,11 @@ def test_changed_source_file_is_converted_again(tmp_path, monkeypatch):
     write_image(image, "rgb_jpeg", seed=1, size=(30, 20))
     os.utime(image, ns=(1, 1))
     assert cache.reusable([item]) == set()
+
+
+def test_missing_or_empty_manual_dir_is_one_line_error(tmp_path):
+    with pytest.raises(UserError, match="is not a folder"):
+        build_lib.build("roco", str(tmp_path / "nowhere"), str(tmp_path / "out"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no ROCO folder"):
+        build_lib.build("roco", str(tmp_path / "empty"), str(tmp_path / "out"))
