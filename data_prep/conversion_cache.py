@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
     from data_prep.core import Item, Reject
@@ -53,13 +53,16 @@ class ConversionCache:
                         "detail TEXT, PRIMARY KEY (split, id))")
         self.pending = 0
 
-    def reusable(self, items: list["Item"]) -> set[str]:
-        """Ids of `items` whose cached result is still valid."""
-        if not items:
-            return set()
-        stored = dict(((i, f) for i, f in self.db.execute(
+    def has(self, split: str) -> bool:
+        """Whether anything of `split` is cached (a fresh build skips the fingerprint pass)."""
+        return self.db.execute("SELECT 1 FROM results WHERE split = ? LIMIT 1",
+                               (split,)).fetchone() is not None
+
+    def reusable(self, items: Iterable["Item"], split: str) -> set[str]:
+        """Ids of `items` (one split's) whose cached result is still valid."""
+        stored = dict(self.db.execute(
             "SELECT id, fingerprint FROM results WHERE split = ? AND max_side = ?",
-            (items[0].split, self.max_side))))
+            (split, self.max_side)))
         return {item.id for item in items
                 if item.id in stored and stored[item.id] == fingerprint(item)}
 

@@ -155,35 +155,57 @@ def read_lines(path: str) -> Iterator[tuple[int, bytes]]:
             yield number, line.rstrip(b"\r\n")
 
 
-def read_csv_rows(path: str, delimiter: str = ",") -> Iterator[tuple[int, dict[str, str] | BadText]]:
-    """(line number, row dict) per CSV row (``.csv`` or ``.csv.gz``); a row with the wrong
-    number of fields or bad UTF-8 comes back as a `BadText` instead of stopping the read."""
+def read_csv_rows(path: str, delimiter: str = ",", *, required: Sequence[str] = (),
+                  keep_undecodable: bool = False
+                  ) -> Iterator[tuple[int, dict[str, str] | BadText]]:
+    """(line number, row dict) per CSV row of a ``.csv`` or ``.csv.gz``, streamed (lookup
+    tables run to gigabytes, with fields past csv's default 128 KiB limit).
+
+    A row with the wrong number of fields, a csv syntax error or (unless `keep_undecodable`)
+    bytes that are not UTF-8 comes back as a `BadText` instead of stopping the read; with
+    `keep_undecodable`, such bytes come through as surrogates so the caller can still name the
+    row (check with `check_utf8`). A header without the `required` columns is a `UserError`.
+    """
     import gzip
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    text = raw.decode("utf-8", errors="surrogateescape")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise UserError(f"{path}: empty CSV file (no header row)") from None
-    header = [h.strip().lstrip("\ufeff") for h in header]
-    for values in reader:
-        number = reader.line_num
-        if not values or all(not v.strip() for v in values):
-            continue
-        if len(values) != len(header):
-            yield number, BadText("malformed_row", f"{len(values)} fields, header has "
-                                  f"{len(header)}")
-            continue
+    with opener(path, "rt", encoding="utf-8", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter)
         try:
-            row = {k: v.encode("utf-8", "surrogateescape").decode("utf-8")
-                   for k, v in zip(header, values)}
-        except UnicodeDecodeError:
-            yield number, BadText("not_utf8", "the row is not valid UTF-8")
-            continue
-        yield number, row
+            header = [h.strip().lstrip("\ufeff") for h in next(reader)]
+        except (StopIteration, csv.Error) as e:
+            raise UserError(f"{path}: no CSV header row ({e or 'empty file'})") from None
+        require_columns(path, dict.fromkeys(header, ""), required)
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield reader.line_num, BadText("malformed_row", f"CSV: {e}")
+                continue
+            if not values or all(not v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                yield reader.line_num, BadText(
+                    "malformed_row", f"{len(values)} fields, header has {len(header)}")
+                continue
+            row = dict(zip(header, values))
+            if not keep_undecodable:
+                try:
+                    check_utf8(row)
+                except BadText as e:
+                    yield reader.line_num, e
+                    continue
+            yield reader.line_num, row
+
+
+def check_utf8(row: dict[str, str]) -> None:
+    """Raises `BadText` if a row read with surrogateescape held bytes that are not UTF-8."""
+    try:
+        "\x00".join(row.values()).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadText("not_utf8", f"the row is not valid UTF-8 ({e.reason})") from None
 
 
 def require_columns(path: str, row: dict[str, str], columns: Iterable[str]) -> None:
@@ -301,49 +323,84 @@ def convert_item(item: Item, max_side: int) -> dict[str, Any] | Reject:
     return {"id": item.id, "image": converted.data, **item.fields}
 
 
-def _convert_star(args: tuple[Item, int]) -> dict[str, Any] | Reject:
-    return convert_item(*args)
+def _convert_batch(items: list[Item], max_side: int) -> list[dict[str, Any] | Reject]:
+    return [convert_item(item, max_side) for item in items]
 
 
-def converted(items: Sequence[Item], options: ConversionOptions
-              ) -> Iterator[dict[str, Any] | Reject]:
-    """`convert_item` over `items`, in order, on `options.workers` processes."""
-    if options.workers <= 1 or len(items) < 2:
+def batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def converted(items: Iterable[Item], count: int, options: ConversionOptions,
+              reuse: Callable[[Item], dict[str, Any] | Reject | None] = lambda item: None
+              ) -> Iterator[tuple[Item, dict[str, Any] | Reject]]:
+    """(item, `convert_item(item)`) over `items` in order, on `options.workers` processes; an item for which
+    `reuse` returns a result (an earlier run's) is not converted again.
+
+    Items are read once, as they are consumed, and at most ``4 * workers`` batches are in
+    flight, so memory stays bounded for item lists that stream pixel arrays from disk
+    (multiprocessing's imap would read the whole input ahead)."""
+    if options.workers <= 1 or count < 2:
         for item in items:
-            yield convert_item(item, options.max_side)
+            reused = reuse(item)
+            yield item, reused if reused is not None else convert_item(item, options.max_side)
         return
+    import concurrent.futures
+    size = max(1, min(64, count // (options.workers * 8)))
     # spawn: the parent may hold threads (TFDS, grain) that make fork unsafe.
-    context = multiprocessing.get_context("spawn")
-    chunk = max(1, min(64, len(items) // (options.workers * 8)))
-    with context.Pool(options.workers) as pool:
-        yield from pool.imap(_convert_star, ((i, options.max_side) for i in items),
-                             chunksize=chunk)
+    pool = concurrent.futures.ProcessPoolExecutor(
+        options.workers, mp_context=multiprocessing.get_context("spawn"))
+    window: collections.deque = collections.deque()
+
+    def merged(batch: list[Item], reused: list[Any], future: Any) -> Iterator[Any]:
+        fresh = iter(future.result())
+        for item, result in zip(batch, reused):
+            yield item, result if result is not None else next(fresh)
+
+    try:
+        for batch in batches(items, size):
+            reused = [reuse(item) for item in batch]
+            todo = [item for item, r in zip(batch, reused) if r is None]
+            window.append((batch, reused, pool.submit(_convert_batch, todo, options.max_side)))
+            if len(window) >= 4 * options.workers:
+                yield from merged(*window.popleft())
+        while window:
+            yield from merged(*window.popleft())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def convert_items(items: Sequence[Item], options: ConversionOptions, desc: str = "",
-                  cache: ConversionCache | None = None) -> Iterator[dict[str, Any] | Reject]:
-    """`converted(items)` in order, with a progress bar; with a `cache`, items converted by an
-    earlier, interrupted run are taken from it and new results are added to it."""
+def convert_items(items: Sequence[Item], split: str, options: ConversionOptions,
+                  desc: str = "", cache: ConversionCache | None = None
+                  ) -> Iterator[dict[str, Any] | Reject]:
+    """`converted(items)` with a progress bar; with a `cache`, items converted by an earlier,
+    interrupted run are taken from it and new results are added to it. `items` may be a lazy
+    sequence (len + iteration) that reads pixel arrays as it goes: it is iterated once, or
+    twice when resuming (the second pass finds what the first run converted)."""
     from tqdm import tqdm
-    done = cache.reusable(list(items)) if cache is not None else set()
+    done = cache.reusable(items, split) if cache is not None and cache.has(split) else set()
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=not options.progress,
-               file=sys.stderr, dynamic_ncols=True, initial=0)
+               file=sys.stderr, dynamic_ncols=True)
     if done:
         bar.write(f"{desc}: {len(done)} of {len(items)} images already converted by an "
                   f"earlier run ({cache.path})")
-    fresh = converted([i for i in items if i.id not in done], options)
+    reuse = (lambda item: cache.load(item) if item.id in done else None)
+    results = converted(items, len(items), options, reuse)
     try:
-        for item in items:
-            if item.id in done:
-                result = cache.load(item)
-            else:
-                result = next(fresh)
-                if cache is not None:
-                    cache.store(item, result)
+        for item, result in results:
+            if cache is not None and item.id not in done:
+                cache.store(item, result)
             yield result
             bar.update()
     finally:
-        fresh.close()
+        results.close()
         if cache is not None:
             cache.flush()
         bar.close()
@@ -428,7 +485,8 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder):
     """
 
     options = ConversionOptions()
-    cache: ConversionCache | None = None  # set by `prepare` when resuming is on
+    cache_file: str = ""  # set by `prepare` when resuming is on
+    cache: ConversionCache | None = None  # opened once the scan found items
     manual_dir: str = ""  # set by `prepare`
 
     @tfds.core.utils.classproperty
@@ -474,6 +532,8 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder):
                             f"({len(scan.rejects)} rejected; first: "
                             f"{scan.rejects[0].path if scan.rejects else 'none'}). "
                             f"Expected: {self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}")
+        if self.cache_file:
+            self.cache = ConversionCache(self.cache_file, self.options.max_side)
         self.report.rejects.extend(scan.rejects)
         for split in splits:
             self.report.found[split] = scan.found(split)
@@ -483,7 +543,7 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder):
 
     def _generate(self, split: str, items: list[Item]) -> Iterator[tuple[int, dict]]:
         index = 0
-        for result in convert_items(items, self.options, desc=f"{self.name} {split}",
+        for result in convert_items(items, split, self.options, desc=f"{self.name} {split}",
                                     cache=self.cache):
             if isinstance(result, Reject):
                 self.report.rejects.append(result)
@@ -549,7 +609,7 @@ def prepare(builder_class: Callable[..., ManualImageBuilder], manual_dir: str, d
     # Next to the final version folder (TFDS writes into a temporary one); SQLite needs a local
     # file system, so a gs:// data_dir builds without resuming.
     if options.resume and "://" not in os.fspath(builder.data_dir):
-        builder.cache = ConversionCache(cache_path(builder.data_dir), options.max_side)
+        builder.cache_file = cache_path(builder.data_dir)
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             manual_dir=os.path.abspath(manual_dir), try_download_gcs=False))

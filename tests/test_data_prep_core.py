@@ -241,11 +241,12 @@ def test_changed_source_file_is_converted_again(tmp_path, monkeypatch):
     item = core.Item("train", "a", image, {})
     cache = ConversionCache(str(tmp_path / "c.sqlite"), max_side=64)
     cache.store(item, core.convert_item(item, 64))
-    assert cache.reusable([item]) == {"a"}
-    assert ConversionCache(str(tmp_path / "c.sqlite"), max_side=32).reusable([item]) == set()
+    assert cache.reusable([item], "train") == {"a"}
+    other_size = ConversionCache(str(tmp_path / "c.sqlite"), max_side=32)
+    assert other_size.reusable([item], "train") == set()
     write_image(image, "rgb_jpeg", seed=1, size=(30, 20))
     os.utime(image, ns=(1, 1))
-    assert cache.reusable([item]) == set()
+    assert cache.reusable([item], "train") == set()
 
 
 def test_missing_or_empty_manual_dir_is_one_line_error(tmp_path):
@@ -254,3 +255,29 @@ def test_missing_or_empty_manual_dir_is_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no ROCO folder"):
         build_lib.build("roco", str(tmp_path / "empty"), str(tmp_path / "out"))
+
+
+class CountingItems:
+    """A lazy item sequence (like MedMNIST's npz reader) that counts the items it produced."""
+
+    def __init__(self, n):
+        self.n, self.produced = n, 0
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        for i in range(self.n):
+            self.produced += 1
+            yield core.Item("train", f"x{i}", np.full((4, 4), i % 256, np.uint8), {})
+
+
+def test_parallel_conversion_reads_items_as_they_are_consumed():
+    items = CountingItems(400)
+    options = core.ConversionOptions(max_side=8, workers=2, progress=False, resume=False)
+    results = core.convert_items(items, "train", options)
+    first = [next(results) for _ in range(10)]
+    batch = 400 // (2 * 8)
+    assert items.produced <= 10 + (4 * 2 + 1) * batch  # a bounded window, not all 400
+    rest = list(results)
+    assert [r["id"] for r in first + rest] == [f"x{i}" for i in range(400)]
