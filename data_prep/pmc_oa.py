@@ -18,8 +18,10 @@ Raw layout (huggingface.co/datasets/axiong/pmc_oa), under manual_dir directly or
                   PMC-CLIP issue #4); {"image", "caption", "pmcid", "url_name"}. PMC-CLIP's own
                   retrieval evaluation reads test.jsonl (2,000 samples of it).
 
-Configs: ``pmc_oa`` (default) reads ``pmc_oa.jsonl``; ``pmc_oa_beta`` reads the split files
-when any is present, else ``pmc_oa_beta.jsonl``.
+Configs: both read the publisher's split files ``train/valid/test.jsonl`` when any is present
+(the per-split layout this project's benchmark specifies, so the official split is used);
+without them ``pmc_oa`` (default) reads ``pmc_oa.jsonl`` (subcaptions) and ``pmc_oa_beta``
+reads ``pmc_oa_beta.jsonl`` (whole captions). The metadata's ``captions`` field says which.
 
 Splits: the split files' train / valid / test become train / validation / test. A file without
 split (``pmc_oa.jsonl``, ``pmc_oa_beta.jsonl``) is split here: train 70 % / validation 10 % /
@@ -250,7 +252,8 @@ class PmcOa(core.ManualImageBuilder):
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name="pmc_oa", description=(
-            "Subfigure-subcaption pairs (pmc_oa.jsonl), article-disjoint 70/10/20 split.")),
+            "The publisher's train/valid/test.jsonl when present, else subfigure-subcaption "
+            "pairs (pmc_oa.jsonl) with an article-disjoint 70/10/20 split.")),
         tfds.core.BuilderConfig(name="pmc_oa_beta", description=(
             "Subfigure-compound caption pairs: the publisher's train/valid/test.jsonl when "
             "present, else pmc_oa_beta.jsonl with an article-disjoint 70/10/20 split.")),
@@ -258,8 +261,8 @@ class PmcOa(core.ManualImageBuilder):
     DEFAULT_CONFIG_NAME = "pmc_oa"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "the files of huggingface.co/datasets/axiong/pmc_oa: images.zip unpacked to "
-        f"{IMAGE_FOLDER}/ (or images/), and pmc_oa.jsonl (config pmc_oa) or "
-        "train.jsonl/valid.jsonl/test.jsonl or pmc_oa_beta.jsonl (config pmc_oa_beta)")
+        f"{IMAGE_FOLDER}/ (or images/), and train.jsonl/valid.jsonl/test.jsonl, or "
+        "pmc_oa.jsonl (config pmc_oa) / pmc_oa_beta.jsonl (config pmc_oa_beta)")
 
     def record_features(self) -> dict[str, Any]:
         return {
@@ -280,9 +283,12 @@ class PmcOa(core.ManualImageBuilder):
         return {
             "source": "PMC-OA (huggingface.co/datasets/axiong/pmc_oa; Lin et al., MICCAI 2023)",
             "config": self.builder_config.name,
-            "captions": "whole compound captions" if beta else "subcaptions",
+            "captions": ("whole compound captions (split files: whole captions per the "
+                         "authors, PMC-CLIP issue #4)" if beta else
+                         "the split files' captions when present (whole captions per the "
+                         "authors), else subcaptions"),
             "split_rule": ("train.jsonl/valid.jsonl/test.jsonl -> train/validation/test when "
-                           f"present, else {made}") if beta else made,
+                           f"present, else {made}"),
             "retrieval": "test split; every caption in `captions` is a positive of its image",
         }
 
@@ -290,7 +296,7 @@ class PmcOa(core.ManualImageBuilder):
         root = data_root(manual_dir)
         images_dir = core.find_first(root, IMAGE_DIRS, "the unpacked images.zip")
         scan = core.Scan()
-        files = split_files(root) if self.builder_config.name == "pmc_oa_beta" else {}
+        files = split_files(root)
         if files:
             groups = ImageGroups()
             for split, path in files.items():
@@ -308,10 +314,9 @@ class PmcOa(core.ManualImageBuilder):
         name = UNSPLIT_FILES[self.builder_config.name]
         path = os.path.join(root, name)
         if not os.path.exists(path):
-            hint = (" (train/valid/test.jsonl hold whole captions: build pmc_oa@pmc_oa_beta)"
-                    if self.builder_config.name == "pmc_oa" and split_files(root) else "")
-            raise core.RawMissing(f"{root}: no {name} for config {self.builder_config.name}"
-                                  f"{hint}; expected {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+            raise core.RawMissing(f"{root}: no split files and no {name} for config "
+                                  f"{self.builder_config.name}; expected "
+                                  f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
         groups, bad = ImageGroups(), []
         for row in read_jsonl(path):
             if isinstance(row, BadRow):

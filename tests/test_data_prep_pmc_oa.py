@@ -206,6 +206,9 @@ def test_missing_files_are_one_line_errors(tmp_path):
         run_build(BETA, tmp_path, tmp_path / "out")
 
 
-def test_split_files_are_the_beta_release(split_raw, tmp_path):
-    with pytest.raises(UserError, match="build pmc_oa@pmc_oa_beta"):
-        run_build("pmc_oa", split_raw, tmp_path)
+def test_default_config_uses_the_publishers_split_files(split_raw, split_built, tmp_path):
+    (report,) = run_build("pmc_oa", split_raw, tmp_path)
+    data_dir, beta_report = split_built
+    assert report.written == beta_report.written
+    for split in ("train", "validation", "test"):
+        assert column(tmp_path, "pmc_oa", split, "id") == column(data_dir, BETA, split, "id")
