@@ -175,6 +175,16 @@ def test_mixture_weights(tiny_data_dir):
     assert pipeline.num_examples(config, config.train_mixture) == TINY_TRAIN + TINY_VALIDATION
 
 
+def test_mixture_weighted_by_size_samples_like_the_concatenation(tiny_data_dir):
+    config = data_config(tiny_data_dir,
+                         train_mixture=f"{TINY}/train:size,{TINY}/validation:size")
+    source = np.concatenate([b["source"] for b in take(train_iter(config), 8)])
+    expected = TINY_VALIDATION / (TINY_TRAIN + TINY_VALIDATION)
+    assert abs((source == 1).mean() - expected) < 0.05
+    with pytest.raises(UserError, match="mixes ':size' with numeric weights"):
+        sources.parse_mixture(f"{TINY}/train:size,{TINY}/validation:2")
+
+
 @pytest.mark.parametrize("batch,process_count", [(8, 1), (12, 2), (12, 3), (64, 4)])
 def test_eval_covers_every_record_once(tiny_data_dir, batch, process_count):
     per_process = [eval_batches(tiny_data_dir, batch=batch, process_index=p,

@@ -465,7 +465,8 @@ def train_dataset(data_config: ml_collections.ConfigDict, *, image_size: int, ma
     entries = sources.parse_mixture(data_config.train_mixture)
     fields = record_fields(data_config)
     record_sources = open_sources(data_config.data_dir, entries, fields)
-    stream = record_stream([len(s) for s in record_sources], [e.weight for e in entries], seed)
+    lengths = [len(s) for s in record_sources]
+    stream = record_stream(lengths, sources.mixture_weights(entries, lengths), seed)
     loader = BatchLoader(record_sources, stream, settings, tokenizer, max_len, fields, seed,
                          global_batch_size, process_index, process_count,
                          image_views=image_views, text_extras=text_extras)

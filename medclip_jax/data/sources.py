@@ -7,7 +7,9 @@ Naming convention (``config.data.train_mixture``, ``config.eval.split``, eval co
     split   := a TFDS split expression: "train", "validation", "train[:90%]", "train+test"
 
 e.g. ``"synthetic_medical/train"``, ``"synthetic_medical@tiny/validation"``,
-``"roco/train:0.7,pmc_oa/train:0.3"``. The weight defaults to 1.0. ``dataset[@config]`` is the
+``"roco/train:0.7,pmc_oa/train:0.3"``. The weight defaults to 1.0; ``size`` (on every entry of
+a mixture, or none) weights each entry by its number of records, i.e. the mixture samples as
+the concatenation of its datasets would (the benchmark's setup). ``dataset[@config]`` is the
 entry's ``name``, and is what `open_source`, `load_annotations` and `dataset_metadata` take.
 
 Datasets live in a TFDS ``data_dir`` as ``<data_dir>/<dataset>/<config>/<version>`` (or
@@ -49,6 +51,7 @@ class MixtureEntry:
     name: str
     split: str
     weight: float = 1.0
+    by_size: bool = False  # weight = the number of records (":size")
 
     @property
     def dataset(self) -> str:
@@ -66,6 +69,8 @@ def parse_entry(text: str, field: str) -> MixtureEntry:
                         f"'dataset[@config]/split[:weight]', e.g. 'synthetic_medical/train:0.5'")
     name = match["dataset"] + (f"@{match['config']}" if match["config"] else "")
     weight = 1.0
+    if match["weight"] is not None and match["weight"].strip() == "size":
+        return MixtureEntry(name, match["split"], 1.0, by_size=True)
     if match["weight"] is not None:
         try:
             weight = float(match["weight"])
@@ -81,7 +86,16 @@ def parse_mixture(spec: str, field: str = DEFAULT_MIXTURE_FIELD) -> list[Mixture
     """``"a/train:0.7,b@cfg/train:0.3"`` -> entries; a mistake names `field`."""
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"{field}: empty dataset spec; expected 'dataset[@config]/split[:weight]'")
-    return [parse_entry(part.strip(), field) for part in spec.split(",")]
+    entries = [parse_entry(part.strip(), field) for part in spec.split(",")]
+    if len({e.by_size for e in entries}) > 1:
+        raise UserError(f"{field}: {spec!r} mixes ':size' with numeric weights; weight every "
+                        f"entry by size or none")
+    return entries
+
+
+def mixture_weights(entries: Sequence[MixtureEntry], lengths: Sequence[int]) -> list[float]:
+    """Each entry's sampling weight: its own, or its number of records for ``:size``."""
+    return [float(n) if e.by_size else e.weight for e, n in zip(entries, lengths)]
 
 
 def subdirs(path: str) -> list[str]:
