@@ -2,7 +2,9 @@
 
     python -m evals.zero_shot --workdir runs/clip_demo [--step N] [--config configs/eval.py:demo]
 
-Presets: ``demo`` (the synthetic dataset's test split), ``tiny`` (the tiny synthetic build).
+Presets: ``demo`` (the synthetic dataset's test split), ``tiny`` (the tiny synthetic build),
+``paper`` (the benchmark's 19 classification test sets and the four corpora's retrieval test
+splits, as built by ``python -m data_prep.build``; every one must be built).
 Dataset specs use the same ``name[@config]/split`` convention as the training mixture.
 
 Fields:
@@ -19,6 +21,17 @@ Fields:
 import ml_collections
 
 from medclip_jax.errors import UserError
+
+
+# The benchmark's evaluation datasets as `python -m data_prep.build` names them.
+PAPER_RETRIEVAL = ("roco/test", "pmc_oa/test", "quilt_1m/test", "mimic_cxr/test")
+MEDMNIST = ("pathmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
+            "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist",
+            "organsmnist")
+PAPER_CLASSIFICATION = (
+    "bach/test", "ham10000/test", "lc25000@lung/test", "lc25000@colon/test", "nct_crc_he/test",
+    "pad_ufes_20/test", "patch_camelyon/test", "sicapv2/test",
+) + tuple(f"medmnist@{name}/test" for name in MEDMNIST)
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
@@ -39,6 +52,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         config.zero_shot.datasets = ("synthetic_medical@tiny/test",)
         config.retrieval.datasets = ("synthetic_medical@tiny/test",)
         config.retrieval.block_size = 8
+    elif arg == "paper":
+        config.zero_shot.datasets = PAPER_CLASSIFICATION
+        config.retrieval.datasets = PAPER_RETRIEVAL
     else:
-        raise UserError(f"config preset: unknown eval preset {arg!r}; choose demo or tiny")
+        raise UserError(f"config preset: unknown eval preset {arg!r}; choose demo, tiny or "
+                        f"paper")
     return config

@@ -13,7 +13,7 @@ from medclip_jax.errors import UserError
 from medclip_jax.models import build_model
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "*.py")))
-PRESETS = {"eval.py": ("demo", "tiny")}
+PRESETS = {"eval.py": ("demo", "tiny", "paper")}
 TRAIN_PRESETS = ("demo", "tiny", "paper")
 
 

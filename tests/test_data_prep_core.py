@@ -281,3 +281,22 @@ def test_parallel_conversion_reads_items_as_they_are_consumed():
     assert items.produced <= 10 + (4 * 2 + 1) * batch  # a bounded window, not all 400
     rest = list(results)
     assert [r["id"] for r in first + rest] == [f"x{i}" for i in range(400)]
+
+
+def test_registry_names_are_the_tfds_names_the_sources_look_up():
+    for name in build_lib.BUILDERS:
+        assert build_lib.builder_class(name).name == name
+
+
+def test_paper_eval_and_train_datasets_are_buildable():
+    from configs import base, eval as eval_config
+    config = eval_config.get_config("paper")
+    mixture = base.get_config("paper").data.train_mixture
+    specs = (list(config.zero_shot.datasets) + list(config.retrieval.datasets)
+             + [f"{e.name}/{e.split}" for e in sources.parse_mixture(mixture)])
+    assert len(config.zero_shot.datasets) == 19  # the benchmark's classification tasks
+    for spec in specs:
+        entry = sources.parse_mixture(spec)[0]
+        cls = build_lib.builder_class(entry.dataset)
+        if entry.config:
+            assert entry.config in build_lib.config_names(cls), spec
