@@ -17,6 +17,8 @@ import os
 import sqlite3
 from typing import TYPE_CHECKING, Any, Iterable
 
+import numpy as np
+
 if TYPE_CHECKING:
     from data_prep.core import Item, Reject
 
@@ -36,7 +38,8 @@ def fingerprint(item: "Item") -> str:
         except OSError:
             return "absent"
         return f"file:{stat.st_size}:{stat.st_mtime_ns}"
-    digest = hashlib.blake2b(memoryview(item.image).cast("B"), digest_size=16).hexdigest()
+    pixels = np.ascontiguousarray(item.image)  # memory-mapped or strided arrays too
+    digest = hashlib.blake2b(pixels.tobytes(), digest_size=16).hexdigest()
     return f"array:{item.image.shape}:{item.image.dtype}:{digest}"
 
 
