@@ -130,10 +130,10 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
         config.data.tokenizer = "hf:/path/to/openai-clip-vit-base-patch16"
         # The benchmark trains on the concatenation of the four corpora (~2.8M pairs); the
         # builders keep every caption of an image, of which training samples one.
-        config.data.train_mixture = ("roco/train:size,pmc_oa/train:size,quilt_1m/train:size,"
-                                     "mimic_cxr/train:size")
+        config.data.train_mixture = ("roco@radiology/train:size,pmc_oa@pmc_oa/train:size,"
+                                     "quilt_1m/train:size,mimic_cxr@frontal/train:size")
         config.data.caption_field = "captions"
-        config.eval.split = "roco/validation"
+        config.eval.split = "roco@radiology/validation"
         config.batch_size = 512
         config.num_epochs = 10.0
         config.optim.learning_rate = 5e-5

@@ -24,13 +24,15 @@ from medclip_jax.errors import UserError
 
 
 # The benchmark's evaluation datasets as `python -m data_prep.build` names them.
-PAPER_RETRIEVAL = ("roco/test", "pmc_oa/test", "quilt_1m/test", "mimic_cxr/test")
+# A dataset built in several configs is named with its config (``name@config``).
+PAPER_RETRIEVAL = ("roco@radiology/test", "pmc_oa@pmc_oa/test", "quilt_1m/test",
+                   "mimic_cxr@frontal/test")
 MEDMNIST = ("pathmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
             "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist",
             "organsmnist")
 PAPER_CLASSIFICATION = (
-    "bach/test", "ham10000/test", "lc25000@lung/test", "lc25000@colon/test", "nct_crc_he/test",
-    "pad_ufes_20/test", "patch_camelyon/test", "sicapv2/test",
+    "bach/test", "ham10000@lesion_split/test", "lc25000@lung/test", "lc25000@colon/test",
+    "nct_crc_he@default/test", "pad_ufes_20/test", "patch_camelyon/test", "sicapv2/test",
 ) + tuple(f"medmnist@{name}/test" for name in MEDMNIST)
 
 
