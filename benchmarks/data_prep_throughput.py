@@ -63,13 +63,15 @@ def write_release(root: str, kind: str, count: int) -> int:
         image = Image.fromarray(np.roll(np.asarray(template), i * 7, axis=1), mode)
         out = io.BytesIO()
         image.save(out, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-        ext = "jpg" if fmt == "JPEG" else "tif"
-        with open(os.path.join(folder, "images", f"ROCO_{i:06d}.{ext}"), "wb") as f:
+        name = f"fig{i}." + ("jpg" if fmt == "JPEG" else "tif")
+        with open(os.path.join(folder, "images", f"PMC{i}_{name}"), "wb") as f:
             f.write(out.getvalue())
         total += out.tell()
-        lines.append(f"ROCO_{i:06d}\t generated image {i}")
-    with open(os.path.join(folder, "captions.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        lines.append((f"ROCO_{i:06d}\t generated image {i}",
+                      f"ROCO_{i:06d}\twget -r ftp://x/PMC{i}.tar.gz -P dir\t{name}"))
+    for index, file in enumerate(("captions.txt", "dlinks.txt")):
+        with open(os.path.join(folder, file), "w") as f:
+            f.write("\n".join(line[index] for line in lines) + "\n")
     return total
 
 

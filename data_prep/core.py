@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import io
 import json
 import multiprocessing
 import os
@@ -302,13 +301,11 @@ def image_bytes(item: Item) -> bytes:
             raise images.Rejected("missing_file", f"{item.image} does not exist") from None
         except (IsADirectoryError, PermissionError) as e:
             raise images.Rejected("unreadable_file", f"{type(e).__name__}: {e}") from None
-    out = io.BytesIO()
     try:
-        Image.fromarray(np.ascontiguousarray(item.image)).save(out, format="PNG")
+        return images.encode_png(Image.fromarray(np.ascontiguousarray(item.image)))
     except (TypeError, ValueError) as e:
         raise images.Rejected("bad_array", f"cannot make an image of an array of shape "
                               f"{item.image.shape} and dtype {item.image.dtype}: {e}") from None
-    return out.getvalue()
 
 
 def convert_item(item: Item, max_side: int) -> dict[str, Any] | Reject:

@@ -120,3 +120,14 @@ def test_jpeg_whose_draft_lands_on_the_target_size_is_still_re_encoded():
     data = encode(Image.fromarray(np.full((400, 800, 3), 128, np.uint8)), "JPEG")
     result = convert_image(data, max_side=200)  # 1/4 DCT scale gives exactly 200 x 100
     assert (result.width, result.height) == (200, 100) and result.data != data
+
+
+def test_an_unchanged_png_is_kept_byte_for_byte_and_a_changed_one_is_lossless():
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(pixels), "PNG")
+    assert convert_image(data, max_side=64).data == data
+    palette = encode(Image.fromarray(pixels).convert("P"), "PNG")
+    result = convert_image(palette, max_side=64)
+    assert result.data != palette and result.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(decode(result.data)),
+                                  np.asarray(decode(palette).convert("RGB")))
