@@ -151,7 +151,8 @@ def test_classifier_is_a_prompt_ensemble_like_a_loop():
         unit = [flat[c * num_templates + t] / np.linalg.norm(flat[c * num_templates + t])
                 for t in range(num_templates)]
         mean = np.mean(unit, axis=0)
-        np.testing.assert_allclose(classifier[:, c], mean / np.linalg.norm(mean), rtol=1e-5)
+        np.testing.assert_allclose(classifier[:, c], mean / np.linalg.norm(mean), rtol=1e-5,
+                                   atol=1e-6)  # float32 vs float64 on components near 0
     images = rng.normal(size=(6, dim))
     scores = zero_shot.zero_shot_scores(images, classifier)
     expected = (images / np.linalg.norm(images, axis=1, keepdims=True)) @ classifier
