@@ -125,6 +125,12 @@ def test_records_fields_and_round_trip(quilt_built):
     assert tweet["pathology"] == ["Dermatopathology"]
     assert column(data_dir, "quilt_1m", "test", "id") == [f"val{i}.jpg" for i in range(4)]
     assert [len(c) for c in column(data_dir, "quilt_1m", "test", "captions")] == [1, 2, 1, 1]
+    # The retrieval evaluation scores both captions of the second image as its positives.
+    from evals.retrieval import captions_per_image
+    from medclip_jax.evaluation import retrieval
+    annotations = sources.load_annotations(data_dir, "quilt_1m", "test")
+    texts, image_positives, _ = retrieval.build_positives(captions_per_image(annotations))
+    assert len(texts) == 5 and (image_positives[1] >= 0).sum() == 2
     assert_disjoint(data_dir, "quilt_1m", "id", splits=("train", "test"))
     metadata = sources.dataset_metadata(data_dir, "quilt_1m")
     assert "val" in metadata["split_rule"] and "test" in metadata["split_rule"]
