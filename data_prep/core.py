@@ -549,10 +549,18 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder):
         self.report.written[split] = index
         if index == 0:  # TFDS cannot write an empty split, and it is a broken dataset anyway
             rejects = [r for r in self.report.rejects if r.split == split]
+            reasons = BuildReport("", rejects=rejects).reasons()
             raise UserError(
                 f"{self.name}: every one of the {len(rejects)} items of split {split!r} was "
-                f"rejected ({', '.join(f'{k}: {v}' for k, v in BuildReport('', rejects=rejects).reasons().items())}); "
-                f"first: {rejects[0].path}: {rejects[0].reason}: {rejects[0].detail}")
+                f"rejected ({', '.join(f'{k}: {v}' for k, v in reasons.items())}); first: "
+                f"{rejects[0].path}: {rejects[0].reason}: {rejects[0].detail}")
+
+    def _download_and_prepare(self, dl_manager: Any, download_config: Any) -> None:
+        """TFDS's build, then the report files, written into the folder TFDS is about to
+        rename to the final version folder, so a complete version always has them."""
+        super()._download_and_prepare(dl_manager, download_config)
+        self.report.check()
+        self.report.write(os.fspath(self.data_dir))
 
     def build_name(self) -> str:
         """``name@config`` as the build command and the mixture specs spell it."""
@@ -624,10 +632,8 @@ def prepare(builder_class: Callable[..., ManualImageBuilder], manual_dir: str, d
             builder.cache.close()
     if builder.cache is not None:
         builder.cache.remove()  # complete: nothing left to resume
-    report = builder.report
-    report.check()
-    report.write(builder.data_dir)
-    return report
+    builder.report.data_dir = builder.data_dir
+    return builder.report
 
 
 def load_report(name: str, dataset_dir: str) -> BuildReport:
