@@ -168,7 +168,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_tfrecord_needs_tensorflow(tmp_path):
+def test_tfrecord_without_tensorflow_is_a_one_line_error(tmp_path):
     try:
         import tensorflow  # noqa: F401
         pytest.skip("TensorFlow is installed: tfrecord output is available")
@@ -301,3 +301,16 @@ def test_paper_eval_and_train_datasets_are_buildable():
         configs = build_lib.config_names(cls)
         # Several configs: the spec must name one (a data_dir may hold more than one).
         assert (entry.config in configs) if len(configs) > 1 else not entry.config, spec
+
+
+def test_tfrecord_build_reads_back_with_tensorflow(tmp_path):
+    """Runs where TensorFlow is installed (it is not in requirements.txt)."""
+    tf = pytest.importorskip("tensorflow")
+    import tensorflow_datasets as tfds
+    raw = roco_layout(str(tmp_path / "raw"), 3)
+    (report,) = build_lib.build("roco", raw, str(tmp_path / "out"), file_format="tfrecord",
+                                max_image_side=32)
+    assert any(".tfrecord-" in f for f in os.listdir(report.data_dir))
+    examples = list(tfds.builder_from_directory(report.data_dir).as_dataset(split="train"))
+    assert [e["id"].numpy().decode() for e in examples] == ["ROCO_train0", "ROCO_train2"]
+    assert all(e["image"].shape[-1] == 3 and e["image"].dtype == tf.uint8 for e in examples)
