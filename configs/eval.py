@@ -16,6 +16,10 @@ Fields:
   retrieval.datasets   datasets to retrieve over (every record's caption(s)).
   retrieval.ks         Recall@K values.
   retrieval.block_size similarity tile size; memory is bounded by one tile.
+  linear_probe.*  `evals/linear_probe.py` (see that module): datasets, the L2 sweep, k-shot.
+  vqa.*           `evals/vqa.py` (see that module): datasets, fusion head and its training.
+  suite.*         `evals/run_suite.py`: which evaluations run (zero_shot, retrieval,
+                  linear_probe, vqa).
 """
 
 import ml_collections
@@ -46,6 +50,12 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.retrieval = ml_collections.ConfigDict()
     config.retrieval.ks = (1, 5, 10, 50, 200)
     config.retrieval.block_size = 1024
+    config.linear_probe = ml_collections.ConfigDict()
+    config.linear_probe.datasets = ()
+    config.vqa = ml_collections.ConfigDict()
+    config.vqa.datasets = ()
+    config.suite = ml_collections.ConfigDict()
+    config.suite.evaluations = ("zero_shot", "retrieval", "linear_probe", "vqa")
     if arg == "demo":
         config.zero_shot.datasets = ("synthetic_medical/test",)
         config.retrieval.datasets = ("synthetic_medical/test",)
