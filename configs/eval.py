@@ -13,6 +13,9 @@ Fields:
   batch_size      global eval batch size (padded and masked, so it need not divide the data).
   mesh            device mesh for evaluation; empty = the training config's.
   zero_shot.datasets   datasets whose metadata defines zero-shot tasks (class names, templates).
+  zero_shot.multilabel_uncertain  multi-label tasks (CheXpert -1 = uncertain): "exclude" (the
+                       default), "negative" or "positive"; NaN (not mentioned) is always
+                       excluded.
   retrieval.datasets   datasets to retrieve over (every record's caption(s)).
   retrieval.ks         Recall@K values.
   retrieval.block_size similarity tile size; memory is bounded by one tile.
@@ -47,13 +50,12 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.batch_size = 256
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     config.zero_shot = ml_collections.ConfigDict()
+    config.zero_shot.multilabel_uncertain = "exclude"
     config.retrieval = ml_collections.ConfigDict()
     config.retrieval.ks = (1, 5, 10, 50, 200)
     config.retrieval.block_size = 1024
-    config.linear_probe = ml_collections.ConfigDict()
-    config.linear_probe.datasets = ()
-    config.vqa = ml_collections.ConfigDict()
-    config.vqa.datasets = ()
+    config.linear_probe = linear_probe_config(arg)
+    config.vqa = vqa_config(arg)
     config.suite = ml_collections.ConfigDict()
     config.suite.evaluations = ("zero_shot", "retrieval", "linear_probe", "vqa")
     if arg == "demo":
@@ -65,9 +67,85 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         config.retrieval.datasets = ("synthetic_medical@tiny/test",)
         config.retrieval.block_size = 8
     elif arg == "paper":
-        config.zero_shot.datasets = PAPER_CLASSIFICATION
+        # + MIMIC-CXR's multi-label CheXpert task (per-finding AUROC with prompt pairs).
+        config.zero_shot.datasets = PAPER_CLASSIFICATION + ("mimic_cxr@frontal/test",)
         config.retrieval.datasets = PAPER_RETRIEVAL
     else:
         raise UserError(f"config preset: unknown eval preset {arg!r}; choose demo, tiny or "
                         f"paper")
     return config
+
+
+def vqa_config(arg: str) -> ml_collections.ConfigDict:
+    """`config.vqa` for `evals/vqa.py` (fields documented in that module's docstring)."""
+    vqa = ml_collections.ConfigDict()
+    vqa.datasets = ()
+    vqa.train_split = "train"
+    vqa.test_split = "test"
+    vqa.fusion = "bilinear"              # "bilinear" (MFB) | "cross_attention"
+    vqa.question_features = "tokens"     # cross_attention queries: "tokens" | "pooled"
+    vqa.hidden_dim = 128
+    vqa.bilinear_factor = 4
+    vqa.num_heads = 4
+    vqa.num_layers = 1
+    vqa.classifier_hidden_dim = 256
+    vqa.dropout = 0.1
+    vqa.epochs = 10
+    vqa.batch_size = 128
+    vqa.learning_rate = 2e-3
+    vqa.weight_decay = 1e-4
+    vqa.seed = 0
+    vqa.max_answers = 0                  # 0 = every answer of the train split
+    vqa.finetune_image = False
+    vqa.image_lr_multiplier = 0.1
+    if arg == "demo":
+        vqa.datasets = ("synthetic_medical",)
+    elif arg == "tiny":
+        vqa.datasets = ("synthetic_medical@tiny",)
+        vqa.hidden_dim = 32
+        vqa.bilinear_factor = 2
+        vqa.num_heads = 2
+        vqa.classifier_hidden_dim = 32
+        vqa.epochs = 3
+        vqa.batch_size = 16
+    elif arg == "paper":
+        vqa.datasets = ("vqa_rad", "path_vqa")
+        vqa.hidden_dim = 1024
+        vqa.bilinear_factor = 5
+        vqa.num_heads = 8
+        vqa.classifier_hidden_dim = 1024
+        vqa.epochs = 40
+        vqa.batch_size = 64
+        vqa.learning_rate = 1e-3
+    return vqa
+
+
+def linear_probe_config(arg: str) -> ml_collections.ConfigDict:
+    """`config.linear_probe` for `evals/linear_probe.py` (fields documented there and below)."""
+    lp = ml_collections.ConfigDict()
+    lp.datasets = ()                      # dataset names `name[@config]`, no split
+    lp.train_split = "train"
+    lp.validation_split = "validation"    # absent from the dataset (or "") -> carved from train
+    lp.test_split = "test"
+    lp.validation_fraction = 0.2          # of each class's train rows, when carving
+    lp.seed = 0                           # the carve and the k-shot draws
+    lp.features = "projected"             # "projected" (joint-space embedding) | "backbone"
+    lp.standardize = True                 # z-score features with the fitted rows' statistics
+    lp.l2_grid = tuple(10.0 ** e for e in range(-6, 1))  # l2 of the mean-loss objective
+    lp.max_iterations = 1000              # L-BFGS iterations per fit
+    lp.tolerance = 1e-4                   # stop when the gradient norm is below it
+    lp.refit = True                       # refit on train + validation with the chosen l2
+    lp.k_shots = (1, 2, 4, 8, 16)         # () = no k-shot
+    lp.k_shot_seeds = 5                   # draws per k (seeds seed, seed + 1, ...)
+    lp.cache_dir = ""                     # "" = <output_dir>/features
+    if arg == "demo":
+        lp.datasets = ("synthetic_medical",)
+    elif arg == "tiny":
+        lp.datasets = ("synthetic_medical@tiny",)
+        lp.k_shots = (1, 2)
+        lp.k_shot_seeds = 2
+        lp.l2_grid = (1e-4, 1e-2, 1.0)
+        lp.max_iterations = 100
+    elif arg == "paper":
+        lp.datasets = tuple(spec.rsplit("/", 1)[0] for spec in PAPER_CLASSIFICATION)
+    return lp

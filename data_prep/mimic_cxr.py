@@ -66,10 +66,11 @@ Split: the official one (``validate`` -> ``validation``), patient-disjoint by de
 Records: ``id`` (dicom_id), ``image``, ``caption``, ``captions`` ([caption]), ``subject_id``,
 ``study_id``, ``view_position`` (ViewPosition as published, "" when blank), ``findings``,
 ``impression``, ``caption_source``, ``chexpert`` (float32 (14,): 1 positive, 0 negative,
--1 uncertain, NaN not mentioned; order in metadata ``chexpert_labels``). Config ``frontal``
-(default) keeps ViewPosition PA or AP: other images are not items of it (not rejects); their
-number per split is logged and stored in metadata ``non_frontal_skipped``. ``all_views`` keeps
-every image.
+-1 uncertain, NaN not mentioned; order in metadata ``chexpert_labels``). Metadata ``tasks``
+holds the multi-label zero-shot task ``chexpert`` for ``evals/zero_shot.py`` (13 labels: all
+but No Finding; see ``ZERO_SHOT_LABELS``). Config ``frontal`` (default) keeps ViewPosition
+PA or AP: other images are not items of it (not rejects); their number per split is logged
+and stored in metadata ``non_frontal_skipped``. ``all_views`` keeps every image.
 """
 
 from __future__ import annotations
@@ -357,6 +358,27 @@ def read_chexpert(path: str) -> tuple[dict[str, np.ndarray | core.BadText], list
 # The builder
 # --------------------------------------------------------------------------------------------
 
+# The multi-label zero-shot task (evals/zero_shot.py, "type": "multilabel"). Scored: the 12
+# findings and Support Devices. "No Finding" is left out: it is defined as the absence of the
+# others, and its negative prompt ("no no finding") says nothing; its information is in the
+# other labels. Support Devices stays: lines, tubes and pacemakers are visible objects that the
+# prompts name well. Natural-language names are the radiology report wording (CheXpert's
+# "Pleural Other" covers pleural thickening, fibrosis and calcification).
+ZERO_SHOT_LABELS = tuple(label for label in CHEXPERT_LABELS if label != "No Finding")
+ZERO_SHOT_NAMES = {
+    "Atelectasis": "atelectasis", "Cardiomegaly": "cardiomegaly",
+    "Consolidation": "consolidation", "Edema": "pulmonary edema",
+    "Enlarged Cardiomediastinum": "enlarged cardiomediastinum", "Fracture": "fracture",
+    "Lung Lesion": "lung lesion", "Lung Opacity": "lung opacity",
+    "Pleural Effusion": "pleural effusion", "Pleural Other": "pleural thickening",
+    "Pneumonia": "pneumonia", "Pneumothorax": "pneumothorax",
+    "Support Devices": "support devices"}
+ZERO_SHOT_POSITIVE = ("{}.", "a chest X-ray showing {}.", "findings consistent with {}.",
+                      "there is evidence of {}.")
+ZERO_SHOT_NEGATIVE = ("no {}.", "a chest X-ray with no {}.", "no evidence of {}.",
+                      "there is no evidence of {}.")
+
+
 
 class MimicCxr(core.ManualImageBuilder):
     """MIMIC-CXR: chest radiographs with their reports' FINDINGS and IMPRESSION as captions."""
@@ -405,6 +427,12 @@ class MimicCxr(core.ManualImageBuilder):
             "chexpert_values": {"1": "positive", "0": "negative", "-1": "uncertain",
                                 "nan": "not mentioned"},
             "retrieval": "test split; one caption per image",
+            "tasks": {"chexpert": {
+                "type": "multilabel", "label_field": "chexpert",
+                "columns": list(CHEXPERT_LABELS), "labels": list(ZERO_SHOT_LABELS),
+                "class_names": [ZERO_SHOT_NAMES[label] for label in ZERO_SHOT_LABELS],
+                "positive_templates": list(ZERO_SHOT_POSITIVE),
+                "negative_templates": list(ZERO_SHOT_NEGATIVE)}},
         }
 
     def scan(self, manual_dir: str) -> core.Scan:

@@ -6,10 +6,15 @@ Every caption of every image is a candidate; identical caption strings are one t
 positives are all the images it describes, and an image with several captions has several
 positive texts. Ranks are those of each query's best-ranked positive, computed in
 similarity tiles of ``retrieval.block_size`` so memory does not grow with the test set.
+
+`evaluate(loaded, data_dir, config)` is what `evals/run_suite.py` calls in-process; results
+are keyed by dataset spec, with ``i2t_R@K`` / ``t2i_R@K``, ``{i2t,t2i}_{mean,median}_rank``,
+``num_images`` and ``num_texts``.
 """
 
 from typing import Any
 
+import ml_collections
 import numpy as np
 from absl import flags
 
@@ -42,13 +47,16 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str, batch
             for k, v in result.items()}
 
 
-def run() -> None:
-    loaded, data_dir, output_dir = common.load()
-    config = FLAGS.config
+def evaluate(loaded: runner.LoadedModel, data_dir: str,
+             config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+    """Every dataset of ``config.retrieval.datasets``: {spec: {"i2t_R@K", "t2i_R@K", ...}}."""
     ks = tuple(config.retrieval.ks)
-    results = {spec: evaluate_dataset(loaded, data_dir, spec, config.batch_size, ks,
-                                      config.retrieval.block_size)
-               for spec in config.retrieval.datasets}
+    return {spec: evaluate_dataset(loaded, data_dir, spec, config.batch_size, ks,
+                                   config.retrieval.block_size)
+            for spec in config.retrieval.datasets}
+
+
+def table(results: dict[str, dict[str, Any]], ks: tuple[int, ...]) -> str:
     header = ["dataset", "direction", "queries", *[f"R@{k}" for k in ks], "chance R@10",
               "mean rank", "median rank"]
     rows = []
@@ -58,8 +66,15 @@ def run() -> None:
             rows.append([spec, direction, queries, *[r[f"{direction}_R@{k}"] for k in ks],
                          min(10 / candidates, 1.0), r[f"{direction}_mean_rank"],
                          r[f"{direction}_median_rank"]])
-    table = runner.markdown_table(header, rows)
-    common.publish(output_dir, "retrieval", "Retrieval", loaded.step, results, table)
+    return runner.markdown_table(header, rows)
+
+
+def run() -> None:
+    loaded, data_dir, output_dir = common.load()
+    config = FLAGS.config
+    results = evaluate(loaded, data_dir, config)
+    common.publish(output_dir, "retrieval", "Retrieval", loaded.step, results,
+                   table(results, tuple(config.retrieval.ks)))
 
 
 if __name__ == "__main__":

@@ -2,15 +2,47 @@
 
     python -m evals.zero_shot --workdir runs/clip_demo [--step N] [--config configs/eval.py:demo]
 
-Each dataset's metadata names its tasks with their class names and modality-appropriate prompt
-templates. A task covers the records whose ``modality`` equals the task's ``modality`` entry (or
-the task's name, when that is one of the dataset's modalities), else every record. Class
-embeddings are prompt ensembles; scores are cosines; the prediction is the argmax, also for
-two-class tasks.
+Each dataset's metadata names its tasks (``metadata["tasks"][<task name>]``). A task covers the
+records whose ``modality`` equals the task's ``modality`` entry (or the task's name, when that
+is one of the dataset's modalities), else every record. Two task types:
+
+``"type": "multiclass"`` (the default when ``type`` is absent)::
+
+    {"class_names": [...], "templates": ["a chest x-ray showing {}.", ...]}
+
+  labels from the record field ``label`` (or the task's ``label_field``), class indices into
+  ``class_names``. Class embeddings are prompt ensembles; scores are cosines; the prediction
+  is the argmax, also for two-class tasks. Metrics: top1, balanced_accuracy, macro_f1,
+  macro_auroc, num_samples, num_classes, chance_top1.
+
+``"type": "multilabel"`` (CheXpert-style findings: several labels per image, each present,
+absent, uncertain or not mentioned)::
+
+    {"type": "multilabel",
+     "label_field": "chexpert",            # record field: float [L_all] of 1 / 0 / -1 / NaN
+                                           #   (required)
+     "columns": ["Atelectasis", ...],      # that field's column names, in order (optional:
+                                           #   default = labels)
+     "labels": ["Atelectasis", ...],       # the columns scored (a subset, in any order)
+     "class_names": ["atelectasis", ...],  # natural-language name per label (default: labels)
+     "positive_templates": ["a chest X-ray showing {}.", ...],
+     "negative_templates": ["a chest X-ray with no {}.", ...]}
+
+  Each label gets a positive and a negative prompt ensemble; its score is
+  cos(image, positive) - cos(image, negative), which orders images exactly as the softmax
+  over the pair at the model's logit scale does (see medclip_jax/evaluation/zero_shot.py).
+  Metrics: ``auroc/<label>`` over the records whose target is known, ``mean_auroc`` over the
+  labels with both classes present, ``skipped_labels`` (labels with one class only),
+  ``positives/<label>``, ``negatives/<label>``, ``num_labels``, ``num_samples``. NaN (not
+  mentioned) is never a target; -1 (uncertain) is excluded, or read as negative or positive
+  with ``--config.zero_shot.multilabel_uncertain=exclude|negative|positive``.
+
+`evaluate(loaded, data_dir, config)` is what `evals/run_suite.py` calls in-process.
 """
 
 from typing import Any
 
+import ml_collections
 import numpy as np
 from absl import flags
 
@@ -20,6 +52,7 @@ from medclip_jax.errors import UserError
 from medclip_jax.evaluation import metrics, runner, zero_shot
 
 FLAGS = flags.FLAGS
+TASK_TYPES = ("multiclass", "multilabel")
 
 
 def task_records(task_name: str, task: dict[str, Any], modalities: np.ndarray | None,
@@ -31,49 +64,174 @@ def task_records(task_name: str, task: dict[str, Any], modalities: np.ndarray | 
     return np.arange(num_records)
 
 
-def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str,
-                     batch_size: int) -> dict[str, dict[str, Any]]:
+def task_type(spec: str, task_name: str, task: dict[str, Any]) -> str:
+    kind = task.get("type", "multiclass")
+    if kind not in TASK_TYPES:
+        raise UserError(f"{spec}: metadata tasks[{task_name!r}].type is {kind!r}; expected "
+                        f"{' or '.join(TASK_TYPES)}")
+    return kind
+
+
+def label_field(task: dict[str, Any]) -> str:
+    return task.get("label_field", "label")
+
+
+def multilabel_task(spec: str, task_name: str, task: dict[str, Any]) -> dict[str, Any]:
+    """A multilabel task's entries, checked: labels, class names, column indices, templates."""
+    where = f"{spec}: metadata tasks[{task_name!r}]"
+    for key in ("label_field", "labels", "positive_templates", "negative_templates"):
+        if not task.get(key):
+            raise UserError(f"{where} has no {key!r}; a multilabel task needs label_field, "
+                            f"labels, positive_templates and negative_templates")
+    labels = [str(label) for label in task["labels"]]
+    columns = [str(c) for c in task.get("columns", labels)]
+    missing = [label for label in labels if label not in columns]
+    if missing:
+        raise UserError(f"{where}.labels {missing} are not in its columns {columns}")
+    class_names = [str(n) for n in task.get("class_names", labels)]
+    if len(class_names) != len(labels):
+        raise UserError(f"{where}.class_names has {len(class_names)} names for "
+                        f"{len(labels)} labels")
+    return {"labels": labels, "class_names": class_names,
+            "columns": [columns.index(label) for label in labels],
+            "num_columns": len(columns), "label_field": label_field(task),
+            "positive_templates": list(task["positive_templates"]),
+            "negative_templates": list(task["negative_templates"])}
+
+
+def class_embeddings(loaded: runner.LoadedModel, class_names: list[str],
+                     templates: list[str], batch_size: int) -> np.ndarray:
+    """[E, C] prompt-ensemble embeddings of the class names."""
+    prompts = zero_shot.format_prompts(class_names, templates)
+    prompt_emb = runner.embed_texts(loaded, prompts, batch_size)
+    return zero_shot.build_classifier(prompt_emb.reshape(len(class_names), len(templates), -1))
+
+
+def multiclass_metrics(loaded: runner.LoadedModel, task: dict[str, Any], image_emb: np.ndarray,
+                       labels: np.ndarray, batch_size: int) -> dict[str, Any]:
+    class_names, templates = list(task["class_names"]), list(task["templates"])
+    classifier = class_embeddings(loaded, class_names, templates, batch_size)
+    scores = np.asarray(zero_shot.zero_shot_scores(image_emb, classifier))
+    task_metrics = metrics.classification_metrics(scores, labels)
+    task_metrics["num_classes"] = len(class_names)
+    task_metrics["chance_top1"] = 1.0 / len(class_names)
+    return task_metrics
+
+
+def multilabel_metrics(loaded: runner.LoadedModel, task: dict[str, Any], image_emb: np.ndarray,
+                       values: np.ndarray, batch_size: int, uncertain: str) -> dict[str, Any]:
+    """`zero_shot.multilabel_auroc` of one checked multilabel task (see `multilabel_task`)."""
+    positive = class_embeddings(loaded, task["class_names"], task["positive_templates"],
+                                batch_size)
+    negative = class_embeddings(loaded, task["class_names"], task["negative_templates"],
+                                batch_size)
+    scores = zero_shot.multilabel_scores(image_emb, positive, negative)
+    return zero_shot.multilabel_auroc(scores, values[:, task["columns"]], task["labels"],
+                                      uncertain)
+
+
+def label_values(annotations: dict[str, np.ndarray], field: str, width: int,
+                 spec: str) -> np.ndarray:
+    """The [N, width] float label vectors of a multilabel field."""
+    values = np.asarray(np.stack(list(annotations[field])) if len(annotations[field]) else
+                        np.zeros((0, width)), np.float64)
+    if values.ndim != 2 or values.shape[1] != width:
+        raise UserError(f"{spec}: field {field!r} has shape {values.shape[1:]}, but the task "
+                        f"lists {width} columns")
+    return values
+
+
+def needed_fields(spec: str, tasks: dict[str, Any], available: set[str]) -> list[str]:
+    """The annotation fields the tasks read (and ``modality`` where the dataset has it)."""
+    fields = {label_field(t) for t in tasks.values()}
+    missing = sorted(fields - available)
+    if missing:
+        raise UserError(f"{spec}: its zero-shot tasks read field(s) {', '.join(missing)}, "
+                        f"which the dataset does not have (fields: {', '.join(sorted(available))})")
+    return sorted(fields | ({"modality"} & available))
+
+
+def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str, batch_size: int,
+                     uncertain: str = "exclude") -> dict[str, dict[str, Any]]:
     entry = sources.parse_mixture(spec, field="config.zero_shot.datasets")[0]
     meta = sources.dataset_metadata(data_dir, entry.name)
     tasks = (meta or {}).get("tasks")
     if not tasks:
         raise UserError(f"config.zero_shot.datasets: {spec} has no zero-shot tasks "
                         f"(class names and templates) in its metadata")
-    annotations = sources.load_annotations(data_dir, entry.name, entry.split)
+    kinds = {name: task_type(spec, name, task) for name, task in tasks.items()}
+    checked = {name: multilabel_task(spec, name, task) for name, task in tasks.items()
+               if kinds[name] == "multilabel"}
+    available = set(sources.read_builder(sources.dataset_dir(data_dir, entry.name))
+                    .info.features.keys())
+    annotations = sources.load_annotations(data_dir, entry.name, entry.split,
+                                           fields=needed_fields(spec, tasks, available))
+    num_records = len(next(iter(annotations.values())))
     image_emb = runner.embed_split_images(loaded, data_dir, entry.name, entry.split,
                                           batch_size)
-    labels = np.asarray(annotations["label"])
+    if len(image_emb) != num_records:
+        raise AssertionError(f"embedded {len(image_emb)} images but {spec} has {num_records}")
     modalities = annotations.get("modality")
-    if len(image_emb) != len(labels):
-        raise AssertionError(f"embedded {len(image_emb)} images but {spec} has {len(labels)}")
     results = {}
     for task_name, task in tasks.items():
         rows = task_records(task_name, task, None if modalities is None
-                            else np.asarray(modalities).astype(str), len(labels))
-        class_names, templates = list(task["class_names"]), list(task["templates"])
-        prompts = zero_shot.format_prompts(class_names, templates)
-        prompt_emb = runner.embed_texts(loaded, prompts, batch_size)
-        classifier = zero_shot.build_classifier(
-            prompt_emb.reshape(len(class_names), len(templates), -1))
-        scores = np.asarray(zero_shot.zero_shot_scores(image_emb[rows], classifier))
-        task_metrics = metrics.classification_metrics(scores, labels[rows])
-        task_metrics["num_classes"] = len(class_names)
-        task_metrics["chance_top1"] = 1.0 / len(class_names)
-        results[f"{spec}:{task_name}"] = task_metrics
+                            else np.asarray(modalities).astype(str), num_records)
+        if kinds[task_name] == "multilabel":
+            ml = checked[task_name]
+            values = label_values(annotations, ml["label_field"], ml["num_columns"], spec)
+            results[f"{spec}:{task_name}"] = multilabel_metrics(
+                loaded, ml, image_emb[rows], values[rows], batch_size, uncertain)
+        else:
+            labels = np.asarray(annotations[label_field(task)])
+            results[f"{spec}:{task_name}"] = multiclass_metrics(
+                loaded, task, image_emb[rows], labels[rows], batch_size)
     return results
+
+
+def evaluate(loaded: runner.LoadedModel, data_dir: str,
+             config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+    """Every task of every dataset in ``config.zero_shot.datasets``: {"<spec>:<task>": metrics}."""
+    uncertain = config.zero_shot.get("multilabel_uncertain", "exclude")
+    if uncertain not in zero_shot.UNCERTAIN_POLICIES:
+        raise UserError(f"config.zero_shot.multilabel_uncertain: {uncertain!r} is not one of "
+                        f"{', '.join(zero_shot.UNCERTAIN_POLICIES)}")
+    results = {}
+    for spec in config.zero_shot.datasets:
+        results.update(evaluate_dataset(loaded, data_dir, spec, config.batch_size, uncertain))
+    return results
+
+
+def is_multilabel(result: dict[str, Any]) -> bool:
+    return "mean_auroc" in result
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown: the multi-class tasks' table, then the multi-label tasks' (where any)."""
+    parts = []
+    multiclass = {k: r for k, r in results.items() if not is_multilabel(r)}
+    multilabel = {k: r for k, r in results.items() if is_multilabel(r)}
+    if multiclass or not multilabel:
+        header = ["task", "n", "top1", "chance", "balanced_acc", "macro_f1", "macro_auroc"]
+        rows = [[name, r["num_samples"], r["top1"], r["chance_top1"], r["balanced_accuracy"],
+                 r["macro_f1"], r["macro_auroc"]] for name, r in multiclass.items()]
+        parts.append(runner.markdown_table(header, rows))
+    for name, r in multilabel.items():
+        labels = [k.split("/", 1)[1] for k in r if k.startswith("auroc/")]
+        rows = [[label, r[f"positives/{label}"], r[f"negatives/{label}"], r[f"auroc/{label}"]]
+                for label in labels]
+        rows.append(["**mean**", "", "", r["mean_auroc"]])
+        skipped = ", ".join(r["skipped_labels"]) or "none"
+        parts.append(f"{name} (multi-label, {r['num_samples']} images; labels with one class "
+                     f"only, not scored: {skipped})\n\n"
+                     + runner.markdown_table(["label", "positives", "negatives", "auroc"], rows))
+    return "\n\n".join(parts)
 
 
 def run() -> None:
     loaded, data_dir, output_dir = common.load()
-    config = FLAGS.config
-    results = {}
-    for spec in config.zero_shot.datasets:
-        results.update(evaluate_dataset(loaded, data_dir, spec, config.batch_size))
-    header = ["task", "n", "top1", "chance", "balanced_acc", "macro_f1", "macro_auroc"]
-    rows = [[name, r["num_samples"], r["top1"], r["chance_top1"], r["balanced_accuracy"],
-             r["macro_f1"], r["macro_auroc"]] for name, r in results.items()]
-    table = runner.markdown_table(header, rows)
-    common.publish(output_dir, "zero_shot", "Zero-shot classification", loaded.step, results, table)
+    results = evaluate(loaded, data_dir, FLAGS.config)
+    common.publish(output_dir, "zero_shot", "Zero-shot classification", loaded.step, results,
+                   table(results))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ every jitted call sees the same shape (one compilation) and no record is dropped
 rows are put back in record order by their ``index`` and padding rows are removed.
 """
 
+import functools
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
@@ -15,8 +16,14 @@ from medclip_jax import sharding
 from medclip_jax.models import DualEncoder
 
 
+@functools.lru_cache(maxsize=16)
 def make_encoders(model: DualEncoder, mesh: Mesh) -> tuple[Callable, Callable]:
-    """Jitted image and text encoders: batch-sharded in, batch-sharded embeddings out."""
+    """Jitted image and text encoders: batch-sharded in, batch-sharded embeddings out.
+
+    Cached per (model, mesh): a new jax.jit wrapper would compile again, and the eval suite
+    and training's validation embed many times with the same model (~1 s per compilation of
+    the demo model on CPU).
+    """
     batch = sharding.batch_sharding(mesh)
 
     def encode_image(params, images):
