@@ -20,6 +20,8 @@ Fields:
   sharding.rules    ``(regex, spec)`` partition rules for params and optimizer state.
   checkpoint        save interval and retention.
   eval              in-loop validation: split, interval, size, recall K.
+  init              published weights to start from: ``text="hf_bert:/dir"`` or ``"hf_clip:/dir"``,
+                    ``image="hf_clip:/dir"``; "" = random (``medclip_jax/pretrained/init.py``).
 """
 
 import ml_collections
@@ -100,6 +102,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.eval.every_steps = 200
     config.eval.max_examples = 512
     config.eval.ks = (1, 5, 10)
+
+    config.init = ml_collections.ConfigDict(dict(image="", text=""))
     return config
 
 

@@ -26,6 +26,7 @@ from medclip_jax.evaluation import embed, retrieval
 from medclip_jax.metric_logging import MetricWriter, Progress, format_duration
 from medclip_jax.models import DualEncoder, build_model
 from medclip_jax.models.dual_encoder import clamped_scale
+from medclip_jax.pretrained import init as init_lib
 
 
 @flax.struct.dataclass
@@ -227,7 +228,7 @@ def init_state_and_step(config: ml_collections.ConfigDict, model: DualEncoder, m
                         total_steps: int, rng: jax.Array) -> tuple[TrainState, Callable]:
     """The sharded initial state and the train step jitted for it (in/out shardings, donation)."""
     p_shardings = param_shardings(model, config, mesh)
-    params = init_params(model, config.model, rng, p_shardings)
+    params = init_lib.apply_init(init_params(model, config.model, rng, p_shardings), config)
     tx, schedule = optim.make_optimizer(config.optim, params, total_steps)
     opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params),
                                             config.sharding.rules, mesh)

@@ -7,12 +7,19 @@ The position table keeps the first ``max_len`` rows. A tensor whose shape differ
 config implies fails with one line naming the tensor and both shapes; tensors the tower does
 not use (the pooler, MLM heads, ``position_ids``) are listed in one warning.
 
-    params = import_bert("/path/to/BiomedBERT", max_len=77)   # {"embeddings": ..., "layer_0": ...}
+    params, fields = import_bert("/path/to/BiomedBERT", max_len=77)  # {"embeddings": ..., ...}
+    export_bert(params, fields, "/path/to/out")   # config.json + model.safetensors (BertModel)
+
+`export_bert` writes the inverse: BertModel tensor names (no ``bert.`` prefix, no pooler),
+Linear kernels transposed back to (out, in), a position table of ``max_len`` rows; importing
+the folder again gives the same params bit for bit.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -130,3 +137,75 @@ def import_bert(folder: str, max_len: int | None = None) -> tuple[dict[str, Any]
         logging.warning("%s: %d tensor(s) not used by the text tower: %s", folder, len(unused),
                         ", ".join(unused))
     return params, {**fields, "max_len": max_len}
+
+
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+
+
+def export_config(fields: dict[str, Any]) -> dict[str, Any]:
+    """HF BertConfig dict of `BertTextEncoder` fields (the inverse of `text_fields`)."""
+    if fields["activation"] not in HF_ACTIVATIONS:
+        raise UserError(f"activation {fields['activation']!r} has no BERT equivalent; expected "
+                        f"one of {', '.join(HF_ACTIVATIONS)}")
+    return {"architectures": ["BertModel"], "model_type": "bert",
+            "vocab_size": int(fields["vocab_size"]), "hidden_size": int(fields["width"]),
+            "num_hidden_layers": int(fields["depth"]),
+            "num_attention_heads": int(fields["num_heads"]),
+            "intermediate_size": int(fields["mlp_dim"]),
+            "max_position_embeddings": int(fields["max_len"]),
+            "type_vocab_size": int(fields["type_vocab_size"]),
+            "layer_norm_eps": float(fields["layer_norm_eps"]),
+            "hidden_act": HF_ACTIVATIONS[fields["activation"]],
+            "position_embedding_type": "absolute", "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0}
+
+
+def to_tensors(params: dict[str, Any], depth: int) -> dict[str, np.ndarray]:
+    """BertTextEncoder params -> HF BertModel tensors ((out, in) Linear weights)."""
+    out: dict[str, np.ndarray] = {}
+
+    def put(name: str, value: Any) -> None:
+        out[name] = np.ascontiguousarray(np.asarray(value, np.float32))
+
+    def dense(name: str, p: dict[str, Any]) -> None:
+        put(f"{name}.weight", np.asarray(p["kernel"]).T)
+        put(f"{name}.bias", p["bias"])
+
+    def layer_norm(name: str, p: dict[str, Any]) -> None:
+        put(f"{name}.weight", p["scale"])
+        put(f"{name}.bias", p["bias"])
+
+    emb = params["embeddings"]
+    put("embeddings.word_embeddings.weight", emb["word"]["embedding"])
+    put("embeddings.position_embeddings.weight", emb["position"]["embedding"])
+    put("embeddings.token_type_embeddings.weight", emb["token_type"]["embedding"])
+    layer_norm("embeddings.LayerNorm", emb["ln"])
+    for i in range(depth):
+        p, hf = params[f"layer_{i}"], f"encoder.layer.{i}"
+        for ours, theirs in (("query", "attention.self.query"), ("key", "attention.self.key"),
+                             ("value", "attention.self.value"),
+                             ("out", "attention.output.dense")):
+            dense(f"{hf}.{theirs}", p["attn"][ours])
+        layer_norm(f"{hf}.attention.output.LayerNorm", p["attn_ln"])
+        dense(f"{hf}.intermediate.dense", p["mlp"]["fc1"])
+        dense(f"{hf}.output.dense", p["mlp"]["fc2"])
+        layer_norm(f"{hf}.output.LayerNorm", p["mlp_ln"])
+    return out
+
+
+def export_bert(params: dict[str, Any], fields: dict[str, Any], folder: str) -> str:
+    """Writes ``folder``/config.json + model.safetensors in HF BertModel layout; returns folder.
+
+    ``fields`` are the `BertTextEncoder` fields (as `import_bert` returns them); the position
+    table is exported with the rows the params have, so ``max_position_embeddings`` = max_len.
+    """
+    from safetensors.numpy import save_file
+    config = export_config(fields)
+    tensors = to_tensors(params, int(fields["depth"]))
+    rows = tensors["embeddings.position_embeddings.weight"].shape[0]
+    config["max_position_embeddings"] = rows
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    return folder

@@ -1,0 +1,160 @@
+"""`config.init`: start training from published weights instead of a random init.
+
+    config.init.text  = "hf_bert:/path/to/BiomedBERT"      # the text tower <- HF BertModel
+    config.init.text  = "hf_clip:/path/to/clip-vit-b16"    # text tower + text_proj <- CLIPModel
+    config.init.image = "hf_clip:/path/to/clip-vit-b16"    # image tower + image_proj <- CLIPModel
+
+Empty strings (the default) keep the random init. `apply_init` runs when the train state is
+created (a later checkpoint restore still wins, so resuming is unaffected). Before anything is
+replaced the checkpoint's architecture is checked against `config.model`: a field that differs
+fails with one line naming it (``config.model.text.<field>``, ``config.model.image.<field>``,
+``config.model.embed_dim``) and both values; a remaining shape mismatch names the param path
+and both shapes. Imported arrays take the dtype and the sharding of the params they replace.
+When image and text name the same hf_clip folder, the logit scale comes from it too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from medclip_jax.errors import UserError
+
+KINDS = ("hf_bert", "hf_clip")
+#: config.model.text field -> HF BertConfig name (for the mismatch message).
+BERT_FIELDS = {"vocab_size": "vocab_size", "width": "hidden_size",
+               "depth": "num_hidden_layers", "num_heads": "num_attention_heads",
+               "mlp_dim": "intermediate_size", "type_vocab_size": "type_vocab_size",
+               "activation": "hidden_act", "layer_norm_eps": "layer_norm_eps"}
+
+
+def parse_spec(spec: str, field: str) -> tuple[str, str]:
+    """"kind:/folder" -> (kind, folder)."""
+    kind, sep, folder = spec.partition(":")
+    if not sep or kind not in KINDS or not folder:
+        raise UserError(f"config.init.{field}={spec!r}: expected 'hf_bert:/path/to/folder' or "
+                        f"'hf_clip:/path/to/folder'")
+    if kind == "hf_bert" and field != "text":
+        raise UserError(f"config.init.{field}={spec!r}: hf_bert initialises the text tower "
+                        f"only (use config.init.text)")
+    return kind, folder
+
+
+def check_bert_fields(text_cfg: Any, fields: dict[str, Any], folder: str) -> None:
+    """One-line UserError on the first config.model.text field that the checkpoint contradicts."""
+    if text_cfg.kind != "bert":
+        raise UserError(f"config.model.text.kind={text_cfg.kind!r} but config.init.text is the "
+                        f"BERT checkpoint {folder}: set config.model.text.kind='bert'")
+    for ours, theirs in BERT_FIELDS.items():
+        mine, ckpt = text_cfg[ours], fields[ours]
+        same = (math.isclose(float(mine), float(ckpt), rel_tol=1e-6)
+                if isinstance(ckpt, float) else mine == ckpt)
+        if not same:
+            raise UserError(f"config.model.text.{ours}={mine!r} does not match the checkpoint "
+                            f"{folder} ({theirs} -> {ckpt!r})")
+    if text_cfg.max_len > fields["max_len"]:
+        raise UserError(f"config.model.text.max_len={text_cfg.max_len} exceeds the checkpoint "
+                        f"{folder} (max_position_embeddings={fields['max_len']})")
+
+
+def import_clip_lazily(folder: str, model_cfg: Any) -> tuple[dict[str, Any], Any]:
+    """(params, the checkpoint's config.model) from helper module hf_clip, imported on use."""
+    try:
+        from medclip_jax.pretrained import hf_clip
+    except ModuleNotFoundError as e:
+        if e.name != "medclip_jax.pretrained.hf_clip":
+            raise
+        raise UserError("config.init: 'hf_clip:' needs medclip_jax/pretrained/hf_clip.py, "
+                        "which this installation does not have") from None
+    params, ckpt_cfg = hf_clip.import_clip(folder, model_cfg.image.image_size,
+                                           model_cfg.text.max_len)
+    return params, ckpt_cfg
+
+
+def check_clip_fields(model_cfg: Any, ckpt_cfg: Any, section: str, folder: str) -> None:
+    """One-line UserError on the first config.model.<section> field (or embed_dim) that the
+    CLIP checkpoint's architecture contradicts (pooling is not a weight: not compared)."""
+    pairs = [(f"{section}.{k}", model_cfg[section][k], v)
+             for k, v in ckpt_cfg[section].items() if k != "pooling" and k in model_cfg[section]]
+    pairs.append(("embed_dim", model_cfg.embed_dim, ckpt_cfg.embed_dim))
+    for name, mine, ckpt in pairs:
+        same = (math.isclose(float(mine), float(ckpt), rel_tol=1e-6)
+                if isinstance(ckpt, float) else mine == ckpt)
+        if not same:
+            raise UserError(f"config.model.{name}={mine!r} does not match the checkpoint "
+                            f"{folder} ({ckpt!r})")
+
+
+def imported_subtrees(config: ml_collections.ConfigDict) -> dict[str, tuple[str, Any]]:
+    """{top-level param key: (config field, imported subtree)} named by config.init."""
+    init = config.get("init") or {}
+    specs = {f: init.get(f, "") or "" for f in ("image", "text")}
+    specs = {f: parse_spec(s, f) for f, s in specs.items() if s}
+    out: dict[str, tuple[str, Any]] = {}
+    clip_cache: dict[str, tuple[dict[str, Any], Any]] = {}
+    for field, (kind, folder) in specs.items():
+        if kind == "hf_bert":
+            from medclip_jax.pretrained import hf_bert
+            fields = hf_bert.text_fields(hf_bert.hf_folder.read_config(folder), folder)
+            check_bert_fields(config.model.text, fields, folder)
+            params, _ = hf_bert.import_bert(folder, max_len=int(config.model.text.max_len))
+            out["text"] = (field, params)
+            continue
+        if folder not in clip_cache:
+            clip_cache[folder] = import_clip_lazily(folder, config.model)
+        clip, ckpt_cfg = clip_cache[folder]
+        check_clip_fields(config.model, ckpt_cfg, field, folder)
+        for key in (field, f"{field}_proj"):
+            if key not in clip:
+                raise UserError(f"config.init.{field}: {folder} gave no {key!r} params")
+            out[key] = (field, clip[key])
+    if (len(specs) == 2 and specs["image"] == specs["text"] and specs["image"][0] == "hf_clip"
+            and "logit_scale" in clip_cache[specs["image"][1]][0]):
+        out["logit_scale"] = ("image", clip_cache[specs["image"][1]][0]["logit_scale"])
+    return out
+
+
+def place_like(old: Any, new: Any, where: str) -> Any:
+    """`new` (numpy) with the shape checked and the dtype and sharding of `old`."""
+    new = np.asarray(new)
+    if tuple(new.shape) != tuple(old.shape):
+        raise UserError(f"{where}: the checkpoint has shape {tuple(new.shape)}, the model "
+                        f"{tuple(old.shape)}")
+    new = new.astype(old.dtype)
+    sharding = getattr(old, "sharding", None)
+    if sharding is None:
+        return new
+    return jax.make_array_from_callback(new.shape, sharding, lambda index: new[index])
+
+
+def replace_subtree(old: Any, new: Any, where: str) -> Any:
+    """`new` laid over `old`: same tree structure required (missing/extra params are named)."""
+    old_paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(old)[0]}
+    new_flat = {jax.tree_util.keystr(p): v
+                for p, v in jax.tree_util.tree_flatten_with_path(new)[0]}
+    missing, extra = sorted(old_paths - set(new_flat)), sorted(set(new_flat) - old_paths)
+    if missing or extra:
+        raise UserError(f"{where}: the checkpoint's params do not fit the model (missing: "
+                        f"{', '.join(missing[:5]) or '-'}; unexpected: "
+                        f"{', '.join(extra[:5]) or '-'})")
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: place_like(x, new_flat[jax.tree_util.keystr(p)],
+                                f"{where}{jax.tree_util.keystr(p)}"), old)
+
+
+def apply_init(params: dict[str, Any], config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`params` with the subtrees named by ``config.init`` replaced by imported weights."""
+    subtrees = imported_subtrees(config)
+    if not subtrees:
+        return params
+    params = dict(params)
+    for key, (field, subtree) in subtrees.items():
+        if key not in params:
+            raise UserError(f"config.init.{field}: the model has no {key!r} params")
+        params[key] = replace_subtree(params[key], subtree,
+                                      f"config.init.{field}: param {key}")
+    return params
