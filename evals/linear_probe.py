@@ -48,7 +48,7 @@ from evals import common
 from evals import zero_shot as zero_shot_eval
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import linear_probe, runner
+from medclip_jax.evaluation import linear_probe, runner, tables
 
 FLAGS = flags.FLAGS
 FEATURE_KINDS = ("projected", "backbone")
@@ -230,7 +230,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
              *[f"{r[f'k{k}/top1_mean']:.3f} ± {r[f'k{k}/top1_std']:.3f}"
                if f"k{k}/top1_mean" in r else "" for k in ks]]
             for name, r in results.items()]
-    return runner.markdown_table(header, rows)
+    return tables.markdown_table(header, rows)
 
 
 def run() -> None:

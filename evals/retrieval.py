@@ -20,7 +20,7 @@ from absl import flags
 
 from evals import common
 from medclip_jax.data import sources
-from medclip_jax.evaluation import retrieval, runner
+from medclip_jax.evaluation import retrieval, runner, tables
 
 FLAGS = flags.FLAGS
 
@@ -66,7 +66,7 @@ def table(results: dict[str, dict[str, Any]], ks: tuple[int, ...]) -> str:
             rows.append([spec, direction, queries, *[r[f"{direction}_R@{k}"] for k in ks],
                          min(10 / candidates, 1.0), r[f"{direction}_mean_rank"],
                          r[f"{direction}_median_rank"]])
-    return runner.markdown_table(header, rows)
+    return tables.markdown_table(header, rows)
 
 
 def run() -> None:

@@ -48,7 +48,7 @@ from absl import flags
 from evals import common
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import runner
+from medclip_jax.evaluation import runner, tables
 
 FLAGS = flags.FLAGS
 
@@ -240,7 +240,7 @@ def headline_table(results: dict[str, dict[str, Any]]) -> str:
                    key=lambda k: int(k[1:].split("/")[0]))
     columns = [c for c in HEADLINE if any(c in m for m in rows.values())] + kshot
     body = [[key, *[m.get(c, "—") for c in columns]] for key, m in rows.items()]
-    return runner.markdown_table(["result", *columns], body)
+    return tables.markdown_table(["result", *columns], body)
 
 
 def summary(suite: dict[str, Any]) -> str:
@@ -252,11 +252,11 @@ def summary(suite: dict[str, Any]) -> str:
         lines.append(f"## {name}" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
         lines += ["", headline_table(results) if results else "(no results)", ""]
     if suite["datasets"]:
-        lines += ["## datasets", "", runner.markdown_table(
+        lines += ["## datasets", "", tables.markdown_table(
             ["spec", "version", "path"],
             [[s, d["version"], d["path"]] for s, d in suite["datasets"].items()]), ""]
     if suite["skipped"]:
-        lines += ["## skipped", "", runner.markdown_table(
+        lines += ["## skipped", "", tables.markdown_table(
             ["evaluation", "dataset", "reason"],
             [[s["evaluation"], s["dataset"], s["reason"]] for s in suite["skipped"]]), ""]
     total = sum(suite["seconds"].values())

@@ -39,7 +39,7 @@ from absl import flags
 from evals import common
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import runner, vqa
+from medclip_jax.evaluation import runner, tables, vqa
 
 FLAGS = flags.FLAGS
 RECORD_FIELDS = ("question", "answer_type", "image_id")
@@ -152,7 +152,7 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
              r["majority_closed_accuracy"], r["majority_accuracy"],
              r["question_prior_closed_accuracy"], r["question_prior_accuracy"],
              r["num_unseen_answers"], r["num_answers"]] for key, r in results.items()]
-    return runner.markdown_table(header, [["—" if v is None else v for v in row]
+    return tables.markdown_table(header, [["—" if v is None else v for v in row]
                                           for row in rows])
 
 

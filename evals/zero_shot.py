@@ -49,7 +49,7 @@ from absl import flags
 from evals import common
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import metrics, runner, zero_shot
+from medclip_jax.evaluation import metrics, runner, tables, zero_shot
 
 FLAGS = flags.FLAGS
 TASK_TYPES = ("multiclass", "multilabel")
@@ -214,7 +214,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         header = ["task", "n", "top1", "chance", "balanced_acc", "macro_f1", "macro_auroc"]
         rows = [[name, r["num_samples"], r["top1"], r["chance_top1"], r["balanced_accuracy"],
                  r["macro_f1"], r["macro_auroc"]] for name, r in multiclass.items()]
-        parts.append(runner.markdown_table(header, rows))
+        parts.append(tables.markdown_table(header, rows))
     for name, r in multilabel.items():
         labels = [k.split("/", 1)[1] for k in r if k.startswith("auroc/")]
         rows = [[label, r[f"positives/{label}"], r[f"negatives/{label}"], r[f"auroc/{label}"]]
@@ -223,7 +223,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         skipped = ", ".join(r["skipped_labels"]) or "none"
         parts.append(f"{name} (multi-label, {r['num_samples']} images; labels with one class "
                      f"only, not scored: {skipped})\n\n"
-                     + runner.markdown_table(["label", "positives", "negatives", "auroc"], rows))
+                     + tables.markdown_table(["label", "positives", "negatives", "auroc"], rows))
     return "\n\n".join(parts)
 
 

@@ -34,6 +34,7 @@ import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from medclip_jax.errors import UserError
+from medclip_jax.evaluation.tables import markdown_table
 
 MISSING = "—"
 EVALUATIONS = ("zero_shot", "linear_probe", "retrieval", "vqa")
@@ -490,12 +491,6 @@ def fmt(value: float | None, digits: int = 4, signed: bool = False) -> str:
     if value is None or not math.isfinite(value):
         return MISSING
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def task_table(bench: Benchmark, family: str, metrics: Sequence[tuple[str, str]]) -> str:

@@ -77,15 +77,6 @@ def embed_split_images(loaded: LoadedModel, data_dir: str, name: str, split: str
                                texts=False)["image_emb"]
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(value):
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def write_results(output_dir: str, name: str, results: dict[str, Any], table: str) -> str:
     """Writes `<name>.json` and `<name>.md` (process 0 only); returns the JSON path."""
     path = os.path.join(output_dir, f"{name}.json")
