@@ -22,6 +22,15 @@ Fields:
   eval              in-loop validation: split, interval, size, recall K.
   init              published weights to start from: ``text="hf_bert:/dir"`` or ``"hf_clip:/dir"``,
                     ``image="hf_clip:/dir"``; "" = random (``medclip_jax/pretrained/init.py``).
+                    ``init.logit_scale``: take the logit scale from the CLIP folder when both
+                    towers come from it. The ``paper`` preset adds ``init.clip``: one HF CLIP
+                    folder that both towers, the projections and the tokenizer come from.
+
+Every method config takes ``<preset>[,lock=<what>][,text=<tower>]`` (`parse_arg`):
+
+  lock=tower|all|none|<k>   freeze part of the image tower (`lock_rules`): the transfer presets.
+  text=minilm|hf_bert:/dir  a BERT text tower with the architecture, weights and tokenizer of
+                            that folder (``minilm``: the all-MiniLM-L6-v2 package), mean-pooled.
 """
 
 import ml_collections
@@ -30,6 +39,10 @@ from medclip_jax.errors import UserError
 from medclip_jax.models.presets import model_config
 
 SYNTHETIC_DATA_DIR = "data/tfds"
+PRESETS = ("demo", "tiny", "paper")
+OPTIONS = ("lock", "text")
+#: The image-tower params in front of the first block (frozen with any `lock=<k>`).
+IMAGE_EMBEDDINGS = "patch_embed|cls_token|pos_embed|ln_pre"
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -103,12 +116,91 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.eval.max_examples = 512
     config.eval.ks = (1, 5, 10)
 
-    config.init = ml_collections.ConfigDict(dict(image="", text=""))
+    config.init = ml_collections.ConfigDict(dict(image="", text="", logit_scale=True))
     return config
 
 
-def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
-    """Scale presets shared by every method's config file: demo, tiny, paper."""
+def parse_arg(arg: str, defaults: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """"paper,lock=3,text=minilm" -> ("paper", {"lock": "3", "text": "minilm"})."""
+    preset, *items = arg.split(",")
+    options = dict(defaults or {})
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in OPTIONS or not value:
+            raise UserError(f"config argument {item!r}: expected lock=<tower|all|none|k> or "
+                            f"text=<minilm|hf_bert:/folder>")
+        options[key] = value
+    return preset, options
+
+
+def preset_name(arg: str) -> str:
+    """The preset of a config argument ("paper,lock=3" -> "paper")."""
+    return parse_arg(arg)[0]
+
+
+def lock_rules(lock: str, depth: int) -> tuple[tuple[str, float], ...]:
+    """`optim.lr_multipliers` rules that freeze the image-tower part named by `lock`:
+    ``tower`` (the ViT, its projection trained), ``all`` (tower + projection), ``<k>`` (the
+    embeddings, ``ln_pre`` and the first k blocks) or ``none``."""
+    if lock == "none":
+        return ()
+    if lock == "tower":
+        return ((r"^image/", 0.0),)
+    if lock == "all":
+        return ((r"^image/", 0.0), (r"^image_proj/", 0.0))
+    if lock.isdigit() and 0 <= int(lock) <= depth:
+        blocks = "".join(f"|block_{i}" for i in range(int(lock)))
+        return ((rf"^image/({IMAGE_EMBEDDINGS}{blocks})(/|$)", 0.0),)
+    raise UserError(f"config argument lock={lock!r}: choose tower, all, none or a block count "
+                    f"in [0, {depth}]")
+
+
+def use_bert_text_tower(config: ml_collections.ConfigDict, spec: str) -> None:
+    """`text=minilm` / `text=hf_bert:/folder`: the text tower, its init and the tokenizer all
+    come from one HF BERT folder (architecture from its config.json); mean pooling, as the
+    sentence-transformers models are trained (override ``model.text.pooling`` for [CLS])."""
+    from medclip_jax.data import tokenizers
+    from medclip_jax.pretrained import hf_bert, hf_folder
+    if spec == "minilm":
+        folder, tokenizer = tokenizers.minilm_folder(), "minilm"
+    elif spec.startswith("hf_bert:") and spec[len("hf_bert:"):]:
+        folder = spec[len("hf_bert:"):]
+        tokenizer = f"hf:{folder}"
+    else:
+        raise UserError(f"config argument text={spec!r}: expected text=minilm or "
+                        f"text=hf_bert:/path/to/bert_folder")
+    fields = hf_bert.text_fields(hf_folder.read_config(folder), folder)
+    max_len = min(int(config.model.text.max_len), fields["max_len"])
+    config.model.text = ml_collections.ConfigDict(
+        {**fields, "kind": "bert", "max_len": max_len, "pooling": "mean"})
+    config.data.tokenizer = tokenizer
+    config.init.text = f"hf_bert:{folder}"
+
+
+def apply_options(config: ml_collections.ConfigDict, options: dict[str, str]
+                  ) -> ml_collections.ConfigDict:
+    if "lock" in options:
+        config.optim.lr_multipliers = lock_rules(options["lock"], config.model.image.depth)
+    if "text" in options:
+        use_bert_text_tower(config, options["text"])
+    return config
+
+
+def init_from_clip_folder(config: ml_collections.ConfigDict) -> None:
+    """``config.init.clip``: both towers, both projections, the logit scale and the tokenizer
+    from one HF CLIPModel folder; the other fields follow it (overriding one unlinks it)."""
+    config.init.clip = ""
+    folder = config.init.get_ref("clip")
+    config.init.image = "hf_clip:" + folder
+    config.init.text = "hf_clip:" + folder
+    config.data.tokenizer = "hf:" + folder
+
+
+def apply_preset(config: ml_collections.ConfigDict, arg: str,
+                 defaults: dict[str, str] | None = None) -> ml_collections.ConfigDict:
+    """Scale presets shared by every method's config file (demo, tiny, paper), then the
+    ``lock`` / ``text`` options of `arg` (`defaults` for the ones it does not give)."""
+    preset, options = parse_arg(arg, defaults)
     if preset == "demo":
         config.data.train_mixture = "synthetic_medical/train"
         config.eval.split = "synthetic_medical/validation"
@@ -131,7 +223,8 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
         config.eval.max_examples = 32
     elif preset == "paper":
         config.model = model_config("base")
-        config.data.tokenizer = "hf:/path/to/openai-clip-vit-base-patch16"
+        # The benchmark starts from OpenAI CLIP ViT-B/16: --config.init.clip=/path/to/folder.
+        init_from_clip_folder(config)
         # The benchmark trains on the concatenation of the four corpora (~2.8M pairs); the
         # builders keep every caption of an image, of which training samples one.
         config.data.train_mixture = ("roco@radiology/train:size,pmc_oa@pmc_oa/train:size,"
@@ -148,7 +241,7 @@ def apply_preset(config: ml_collections.ConfigDict, preset: str) -> ml_collectio
         config.eval.max_examples = 5000
     else:
         raise UserError(f"config preset: unknown preset {preset!r}; choose demo, tiny or paper")
-    return config
+    return apply_options(config, options)
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

@@ -21,13 +21,14 @@ QUEUE_SIZES = {"tiny": 128, "demo": 4096, "paper": 65536}
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    preset = base.preset_name(arg)
     config = base.apply_preset(base.get_base_config(), arg)
     config.method = "declip"
     config.loss = ml_collections.ConfigDict(dict(
         clip_weight=0.0, mvs_weight=0.4, iss_weight=0.2, tss_weight=0.2, nns_weight=0.2,
-        mvs_pairs="all", nns_views="all", queue_size=QUEUE_SIZES.get(arg, 4096)))
+        mvs_pairs="all", nns_views="all", queue_size=QUEUE_SIZES.get(preset, 4096)))
     config.model.ssl_head.kind = "simsiam"
-    if arg == "paper":  # SimSiam's projector 2048-2048-2048 and bottleneck predictor 512.
+    if preset == "paper":  # SimSiam's projector 2048-2048-2048 and bottleneck predictor 512.
         config.model.ssl_head.hidden_dim = 2048
         config.model.ssl_head.out_dim = 2048
         config.model.ssl_head.predictor_hidden_dim = 512

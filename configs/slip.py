@@ -17,7 +17,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.method = "slip"
     config.loss = ml_collections.ConfigDict({"ssl_temperature": 0.1, "ssl_weight": 1.0})
     config.model.ssl_head.kind = "simclr"
-    if arg == "paper":  # SLIP's head: 4096-4096-256.
+    if base.preset_name(arg) == "paper":  # SLIP's head: 4096-4096-256.
         config.model.ssl_head.hidden_dim = 4096
         config.model.ssl_head.out_dim = 256
     config.data.image_views = 2

@@ -8,7 +8,7 @@ Rules on parameters are regexes matched with ``re.search`` on the '/'-joined par
 * ``optim.lr_multipliers``: ``((regex, multiplier), ...)``; the first match wins, unmatched params
   get 1.0, and a multiplier of 0 freezes the parameter (no update, no optimizer state, excluded
   from the gradient-norm clip). LiT and partial freezing presets build these rules in
-  ``configs/lit.py`` (``lock_rules``).
+  ``configs/base.py`` (``lock_rules``, the ``lock=`` option of every method config).
 """
 
 import math

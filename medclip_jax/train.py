@@ -58,6 +58,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise UserError(f"config.{field} must be a positive integer, got {value!r}")
     if config.num_epochs <= 0:
         raise UserError(f"config.num_epochs must be positive, got {config.num_epochs}")
+    init_lib.check_init_config(config)
 
 
 def model_config_with_vocab(model_config: ml_collections.ConfigDict,

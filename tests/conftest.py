@@ -15,6 +15,33 @@ if REPO_ROOT not in sys.path:
 import pytest  # noqa: E402
 
 
+class TorchvisionOpsShim:
+    """Lets torchvision import next to the CPU torch of requirements.txt.
+
+    Its PyPI wheel is a CUDA build: the C ops do not load, and the import then fails while
+    registering fake kernels for ``nms`` and ``qnms`` ("operator torchvision::nms does not
+    exist"). transformers, timm and open_clip (the weight-import oracles) import torchvision but
+    never call its ops, so on the first import of torchvision this defines those two schemas.
+    Costs nothing in runs that never import it.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            sys.meta_path.remove(self)
+            from importlib import metadata
+            import torch
+            if "+cpu" in torch.__version__ and "+cpu" not in metadata.version("torchvision"):
+                library = torch.library.Library("torchvision", "FRAGMENT")
+                for op in ("nms", "qnms"):
+                    library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) "
+                                   f"-> Tensor")
+                TorchvisionOpsShim.library = library  # keeps the definitions alive
+        return None
+
+
+sys.meta_path.insert(0, TorchvisionOpsShim())
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> str:
     """The `tiny` synthetic dataset, built once per test session (TFDS data_dir root)."""

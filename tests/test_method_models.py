@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from configs import lit
+from configs import base as config_base
 from helpers import set_dotted
 from medclip_jax.errors import UserError
 from medclip_jax.models import build_model, init_params, model_config
@@ -155,12 +155,12 @@ def test_bad_optional_fields_are_named(overrides, message):
 @pytest.mark.parametrize("lock,frozen_blocks,proj_frozen", [
     ("none", None, False), ("tower", (0, 1), False), ("all", (0, 1), True), ("0", (), False),
     ("1", (0,), False), ("2", (0, 1), False)])
-def test_lit_lock_rules_freeze_exactly_the_named_parts(lock, frozen_blocks, proj_frozen):
+def test_lock_rules_freeze_exactly_the_named_parts(lock, frozen_blocks, proj_frozen):
     from medclip_jax import optim
     model = build_model(config())
     params = params_for(model)
     multipliers = traverse_util.flatten_dict(
-        optim.lr_multipliers(params, lit.lock_rules(lock, depth=2)), sep="/")
+        optim.lr_multipliers(params, config_base.lock_rules(lock, depth=2)), sep="/")
     for name, value in multipliers.items():
         if name.startswith("image/block_"):
             block = int(name.split("/")[1].split("_")[1])
@@ -176,16 +176,16 @@ def test_lit_lock_rules_freeze_exactly_the_named_parts(lock, frozen_blocks, proj
         assert (value == 0.0) == expected, (lock, name, value)
 
 
-def test_lit_block_rule_does_not_confuse_block_1_with_block_10():
-    (pattern, _), = lit.lock_rules("2", depth=12)
+def test_lock_block_rule_does_not_confuse_block_1_with_block_10():
+    (pattern, _), = config_base.lock_rules("2", depth=12)
     import re
     assert re.search(pattern, "image/block_1/mlp/fc1/kernel")
     assert not re.search(pattern, "image/block_10/mlp/fc1/kernel")
     assert re.search(pattern, "image/pos_embed")
     with pytest.raises(UserError, match="lock"):
-        lit.lock_rules("13", depth=12)
+        config_base.lock_rules("13", depth=12)
     with pytest.raises(UserError, match="lock"):
-        lit.parse_arg("demo,freeze=3")
+        config_base.parse_arg("demo,freeze=3")
 
 
 @pytest.mark.parametrize("method,switch", [

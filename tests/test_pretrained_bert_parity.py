@@ -137,17 +137,12 @@ def test_architecture_mismatch_is_one_line_naming_the_field(tiny_data_dir, tiny_
     assert "\n" not in str(e.value)
 
 
-def test_empty_init_keeps_the_params_and_hf_clip_without_module_is_one_line(tiny_data_dir,
-                                                                           monkeypatch):
-    import sys
-    import medclip_jax.pretrained as package
+def test_empty_init_keeps_the_params_and_an_empty_folder_names_init_clip(tiny_data_dir):
     config = tiny_config(tiny_data_dir)
     params = {"text": {"a": np.zeros(2)}}
     assert init_lib.apply_init(params, config) is params
-    monkeypatch.delattr(package, "hf_clip", raising=False)
-    monkeypatch.setitem(sys.modules, "medclip_jax.pretrained.hf_clip", None)
-    config.init.image = "hf_clip:/nowhere"
-    with pytest.raises(UserError, match="needs medclip_jax/pretrained/hf_clip.py") as e:
+    config.init.image = "hf_clip:"
+    with pytest.raises(UserError, match=r"names no folder: set --config.init.clip=") as e:
         init_lib.apply_init(params, config)
     assert "\n" not in str(e.value)
 

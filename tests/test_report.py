@@ -15,7 +15,7 @@ import pytest
 import scipy.stats
 from PIL import Image
 
-from configs import lit
+from configs import base as config_base
 from helpers import REPO_ROOT, subprocess_env
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import report, report_plots
@@ -27,7 +27,7 @@ DEPTH = 2
 
 def train_config(method: str, lock: str = "none") -> dict:
     """The parts of a saved train config the report reads (JSON turns tuples into lists)."""
-    rules = [list(r) for r in lit.lock_rules(lock, DEPTH)]
+    rules = [list(r) for r in config_base.lock_rules(lock, DEPTH)]
     return {"method": method, "model": {"image": {"depth": DEPTH}},
             "optim": {"lr_multipliers": rules}}
 

@@ -160,9 +160,9 @@ def image_lock(train_config: Mapping[str, Any] | None) -> str:
     """How a train config's ``optim.lr_multipliers`` freeze the image tower.
 
     "none" (all trained), "tower" (the ViT locked, its projection trained), "all" (tower and
-    projection), "<k>" (embeddings and the first k blocks, as ``configs/lit.py`` names them),
-    "partial" (any other set of frozen image params) or "unknown" (no config). A param is
-    frozen when the first rule whose regex ``re.search``-es its path has multiplier 0.
+    projection), "<k>" (embeddings and the first k blocks, as ``configs/base.py:lock_rules``
+    names them), "partial" (any other set of frozen image params) or "unknown" (no config).
+    A param is frozen when the first rule whose regex ``re.search``-es its path has multiplier 0.
     """
     if not train_config:
         return "unknown"

@@ -9,6 +9,9 @@ Fields (all required; `model_config(size)` fills every one):
   model.{embed_dim, projection ('linear' | 'mlp'), projection_hidden_dim,
          projection_activation, init_logit_scale, max_logit_scale,
          dtype ('float32' | 'bfloat16'), dropout, remat}
+  model.text_projection       '' (the text head is `projection` too) | 'linear' | 'mlp': a
+                              text head of its own kind (BiomedCLIP: linear image head, MLP
+                              text head).
   model.init_logit_bias       None (no bias) or SigLIP's initial bias (-10).
   model.token_projection      'none' | 'shared' (tokens through image_proj / text_proj: FILIP)
                               | 'separate' (own linear token heads: GLoRIA).
@@ -79,14 +82,15 @@ def model_config(size: str) -> ml_collections.ConfigDict:
         image=image, text=text, embed_dim=embed_dim, projection="linear",
         projection_hidden_dim=2 * embed_dim, projection_activation="relu",
         init_logit_scale=1.0 / 0.07, max_logit_scale=100.0, dtype=dtype, dropout=0.0,
-        remat=False, init_logit_bias=None, token_projection="none",
+        remat=False, init_logit_bias=None, token_projection="none", text_projection="",
         ssl_head=ml_collections.ConfigDict(dict(
             kind="none", hidden_dim=4 * embed_dim, out_dim=embed_dim,
             predictor_hidden_dim=embed_dim, activation="relu")),
         mlm_head=False))
 
 
-OPTIONAL_FIELDS = ("init_logit_bias", "token_projection", "ssl_head", "mlm_head")
+OPTIONAL_FIELDS = ("init_logit_bias", "token_projection", "ssl_head", "mlm_head",
+                   "text_projection")
 
 
 def with_optional_defaults(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -139,7 +143,8 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
     """Raises UserError naming the first field that cannot build a model."""
     top = {"image", "text", "embed_dim", "projection", "projection_hidden_dim",
            "projection_activation", "init_logit_scale", "max_logit_scale", "dtype", "dropout",
-           "remat", "init_logit_bias", "token_projection", "ssl_head", "mlm_head"}
+           "remat", "init_logit_bias", "token_projection", "ssl_head", "mlm_head",
+           "text_projection"}
     _check_fields(cfg, top, "")
     _check_fields(cfg.ssl_head, {"kind", "hidden_dim", "out_dim", "predictor_hidden_dim",
                                  "activation"}, "ssl_head.")
@@ -165,10 +170,11 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
     _check_choice(cfg.text, "kind", TEXT_KINDS, "text.")
     _check_choice(cfg.text, "pooling", text_lib.POOLINGS, "text.")
     _check_choice(cfg, "projection", PROJECTIONS, "")
+    _check_choice(cfg, "text_projection", ("",) + PROJECTIONS, "")
     _check_choice(cfg, "projection_activation", layers.ACTIVATIONS, "")
     _check_choice(cfg, "dtype", tuple(layers.DTYPES), "")
     _check_positive_int(cfg, "embed_dim", "")
-    if cfg.projection == "mlp":
+    if "mlp" in (cfg.projection, cfg.text_projection):
         _check_positive_int(cfg, "projection_hidden_dim", "")
     for section, name, prefix in ((cfg.image, "layer_norm_eps", "image."),
                                   (cfg.text, "layer_norm_eps", "text."),
@@ -207,9 +213,14 @@ def _text_tower(cfg: ml_collections.ConfigDict) -> CausalTextTransformer | BertT
     return BertTextEncoder(**fields, **common)
 
 
-def _projection(cfg: ml_collections.ConfigDict, in_width: int) -> Any:
+def head_kinds(cfg: ml_collections.ConfigDict) -> dict[str, str]:
+    """{"image": kind, "text": kind} of the projection heads ('linear' | 'mlp')."""
+    return {"image": cfg.projection, "text": cfg.get("text_projection") or cfg.projection}
+
+
+def _projection(cfg: ml_collections.ConfigDict, in_width: int, kind: str) -> Any:
     dtype = layers.DTYPES[cfg.dtype]
-    if cfg.projection == "linear":
+    if kind == "linear":
         return linear_head(cfg.embed_dim, in_width, dtype)
     return MlpHead(cfg.embed_dim, cfg.projection_hidden_dim, cfg.projection_activation, dtype)
 
@@ -239,9 +250,10 @@ def build_model(cfg: ml_collections.ConfigDict) -> DualEncoder:
     """The DualEncoder described by `config.model` (validated first)."""
     validate_model_config(cfg)
     bias = None if cfg.init_logit_bias is None else float(cfg.init_logit_bias)
+    kinds = head_kinds(cfg)
     return DualEncoder(image=_image_tower(cfg), text=_text_tower(cfg),
-                       image_proj=_projection(cfg, cfg.image.width),
-                       text_proj=_projection(cfg, cfg.text.width),
+                       image_proj=_projection(cfg, cfg.image.width, kinds["image"]),
+                       text_proj=_projection(cfg, cfg.text.width, kinds["text"]),
                        init_logit_scale=float(cfg.init_logit_scale),
                        max_logit_scale=float(cfg.max_logit_scale), init_logit_bias=bias,
                        token_projection=cfg.token_projection, **_optional_heads(cfg))

@@ -211,8 +211,8 @@ def _check_exportable(cfg: Any) -> None:
         problems.append(f"text.kind={cfg.text.kind!r} (needs 'causal')")
     if cfg.text.pooling != "eos":
         problems.append(f"text.pooling={cfg.text.pooling!r} (needs 'eos')")
-    if cfg.projection != "linear":
-        problems.append(f"projection={cfg.projection!r} (needs 'linear')")
+    if set(presets.head_kinds(cfg).values()) != {"linear"}:
+        problems.append(f"projection heads {presets.head_kinds(cfg)} (need 'linear')")
     if cfg.image.patch_bias or not cfg.image.ln_pre:
         problems.append("image.patch_bias must be False and image.ln_pre True")
     if problems:

@@ -12,7 +12,7 @@ import numpy as np
 
 from medclip_jax.errors import UserError
 
-PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.pth")
+PICKLE_NAMES = ("pytorch_model.bin", "open_clip_pytorch_model.bin", "model.pt", "model.pth")
 
 
 def read_config(folder: str) -> dict:
@@ -30,10 +30,13 @@ def read_config(folder: str) -> dict:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
-def safetensors_files(folder: str) -> list[str]:
-    single = os.path.join(folder, "model.safetensors")
-    if os.path.exists(single):
-        return [single]
+def safetensors_files(folder: str, names: tuple[str, ...] = ("model.safetensors",)
+                      ) -> list[str]:
+    """The weight file(s) of `folder`: the first of `names` present, else a sharded index."""
+    for name in names:
+        single = os.path.join(folder, name)
+        if os.path.exists(single):
+            return [single]
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(index):
         with open(index, encoding="utf-8") as f:
@@ -42,16 +45,17 @@ def safetensors_files(folder: str) -> list[str]:
     pickles = [n for n in os.listdir(folder) if n in PICKLE_NAMES or n.endswith((".bin", ".pt"))]
     if pickles:
         raise UserError(f"{folder}: only PyTorch pickle weights ({', '.join(sorted(pickles))}); "
-                        f"they are never unpickled here: convert them to model.safetensors "
+                        f"they are never unpickled here: convert them to {names[0]} "
                         f"(e.g. safetensors.torch.save_file)")
-    raise UserError(f"{folder}: no model.safetensors (or model.safetensors.index.json)")
+    raise UserError(f"{folder}: no {' or '.join(names)} (or model.safetensors.index.json)")
 
 
-def read_tensors(folder: str) -> dict[str, np.ndarray]:
+def read_tensors(folder: str, names: tuple[str, ...] = ("model.safetensors",)
+                 ) -> dict[str, np.ndarray]:
     """Every tensor of the folder's safetensors file(s), as numpy arrays (no torch needed)."""
     from safetensors.numpy import load_file
     tensors: dict[str, np.ndarray] = {}
-    for path in safetensors_files(folder):
+    for path in safetensors_files(folder, names):
         try:
             tensors.update(load_file(path))
         except Exception as e:  # the library raises its own error types for bad headers
