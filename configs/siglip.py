@@ -20,4 +20,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.model.init_logit_scale = 10.0
     config.model.max_logit_scale = 1e6
     config.model.init_logit_bias = -10.0
+    # Starting from CLIP weights keeps SigLIP's own t' = log 10, b = -10 (CLIP's scale of 100
+    # would saturate the sigmoid at the start).
+    config.init.logit_scale = False
     return config
