@@ -143,16 +143,22 @@ def _blocks(reader: TensorReader, prefix: str, tower: dict[str, Any]) -> dict[st
     return out
 
 
+def check_target_sizes(fields: dict[str, Any], image_size: int, max_len: int,
+                       folder: str) -> None:
+    """The image size must tile into the checkpoint's patches; the text may only get shorter."""
+    if image_size % fields["image"]["patch_size"]:
+        raise UserError(f"{folder}: image_size {image_size} is not a multiple of the "
+                        f"checkpoint's patch_size {fields['image']['patch_size']}")
+    if max_len > fields["text"]["max_len"]:
+        raise UserError(f"{folder}: max_len {max_len} exceeds the checkpoint's text length "
+                        f"{fields['text']['max_len']}")
+
+
 def convert(tensors: dict[str, np.ndarray], fields: dict[str, Any], image_size: int,
             max_len: int, folder: str = "") -> tuple[dict[str, Any], list[str]]:
     """(DualEncoder params, names of unused tensors)."""
     image, text = fields["image"], fields["text"]
-    if image_size % image["patch_size"]:
-        raise UserError(f"{folder}: image_size {image_size} is not a multiple of the "
-                        f"checkpoint's patch_size {image['patch_size']}")
-    if max_len > text["max_len"]:
-        raise UserError(f"{folder}: max_len {max_len} exceeds the checkpoint's "
-                        f"max_position_embeddings {text['max_len']}")
+    check_target_sizes(fields, image_size, max_len, folder)
     reader = TensorReader(tensors, folder)
     iw, tw, patch, embed = image["width"], text["width"], image["patch_size"], fields["embed_dim"]
     old_grid = image["image_size"] // patch

@@ -44,7 +44,8 @@ from medclip_jax.errors import UserError
 from medclip_jax.models import presets
 from medclip_jax.pretrained import hf_bert, hf_folder
 from medclip_jax.pretrained.hf_bert import TensorReader
-from medclip_jax.pretrained.hf_clip import model_config_from, resize_positions
+from medclip_jax.pretrained.hf_clip import (check_target_sizes, model_config_from,
+                                           resize_positions)
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHT_NAMES = ("open_clip_model.safetensors", "model.safetensors")
@@ -339,12 +340,7 @@ def convert(tensors: dict[str, np.ndarray], fields: dict[str, Any], timm: bool,
             image_size: int, max_len: int, folder: str = "") -> tuple[dict[str, Any], list[str]]:
     """(DualEncoder params, names of unused tensors)."""
     image, text = fields["image"], fields["text"]
-    if image_size % image["patch_size"]:
-        raise UserError(f"{folder}: image_size {image_size} is not a multiple of the "
-                        f"checkpoint's patch_size {image['patch_size']}")
-    if max_len > text["max_len"]:
-        raise UserError(f"{folder}: max_len {max_len} exceeds the checkpoint's context length "
-                        f"{text['max_len']}")
+    check_target_sizes(fields, image_size, max_len, folder)
     reader = TensorReader(tensors, folder)
     params: dict[str, Any] = {}
     params["image"], params["image_proj"] = read_vision(reader, image, fields["embed_dim"],
