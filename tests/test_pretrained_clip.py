@@ -136,6 +136,20 @@ def test_resize_positions_keeps_a_constant_grid():
     assert (out[0] == 7.0).all()
 
 
+@pytest.mark.parametrize("old,new", [(14, 16), (14, 24), (16, 14), (7, 3), (2, 5)])
+def test_resize_positions_is_pytorchs_bicubic(old, new):
+    """The reference: F.interpolate(bicubic, align_corners=False), as HF's and open_clip's
+    position-embedding interpolation call it."""
+    table = np.random.default_rng(old * new).normal(size=(1 + old * old, 6)).astype(np.float32)
+    grid = torch.from_numpy(table[1:].reshape(1, old, old, 6)).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(grid.double(), size=(new, new), mode="bicubic",
+                                               align_corners=False)
+    expected = expected.permute(0, 2, 3, 1).reshape(-1, 6).numpy()
+    out = hf_clip.resize_positions(table, old, new)
+    np.testing.assert_allclose(out[1:], expected, atol=1e-5)
+    np.testing.assert_array_equal(out[0], table[0])
+
+
 def test_shape_mismatch_names_the_tensor_and_both_shapes(hf_folder, tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()

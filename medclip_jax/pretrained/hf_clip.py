@@ -18,8 +18,8 @@ The architecture comes from the folder's ``config.json`` (a CLIPConfig with ``vi
     logit_scale                  -> logit_scale (the log scale, as in HF)
 
 Linear weights are (out, in): transposed into Flax kernels (in, out). When ``image_size``
-differs from the checkpoint's, the patch-position grid is resized bicubically (the class-token
-row is kept as is); the text position table keeps its first ``max_len`` rows. A tensor whose
+differs from the checkpoint's, the patch-position grid is resized bicubically as PyTorch does
+(the class-token row is kept as is); the text position table keeps its first ``max_len`` rows. A tensor whose
 shape differs from what the config implies fails with one line naming the tensor and both
 shapes; unused tensors (e.g. ``position_ids``) are listed in one warning.
 
@@ -40,8 +40,6 @@ import math
 import os
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -116,15 +114,42 @@ def model_config_from(fields: dict[str, Any], base: ml_collections.ConfigDict | 
 
 # --- tensors -> params ----------------------------------------------------------------------
 
+#: Keys' cubic-convolution parameter as PyTorch's bicubic uses it (jax.image's "cubic" is -0.5).
+TORCH_BICUBIC_A = -0.75
+
+
+def bicubic_matrix(old: int, new: int, a: float = TORCH_BICUBIC_A) -> np.ndarray:
+    """[new, old] weights of 1-D bicubic resampling as ``torch.nn.functional.interpolate(...,
+    mode="bicubic", align_corners=False)`` does it: half-pixel centres, edge indices clamped,
+    no antialiasing (also when shrinking)."""
+    src = (np.arange(new) + 0.5) * (old / new) - 0.5
+    base = np.floor(src)
+    t = src - base
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+    matrix = np.zeros((new, old))
+    for k in range(4):
+        index = np.clip(base.astype(int) - 1 + k, 0, old - 1)
+        np.add.at(matrix, (np.arange(new), index), weights[:, k])
+    return matrix
+
+
 def resize_positions(table: np.ndarray, old_grid: int, new_grid: int) -> np.ndarray:
-    """[1 + old^2, W] -> [1 + new^2, W]: the class row kept, the patch grid resized bicubically."""
+    """[1 + old^2, W] -> [1 + new^2, W]: the class row kept, the patch grid resized bicubically
+    like PyTorch (HF's ``interpolate_pos_encoding`` and open_clip's ``resize_pos_embed``)."""
     if old_grid == new_grid:
         return table
     width = table.shape[-1]
-    grid = table[1:].reshape(old_grid, old_grid, width)
-    resized = jax.image.resize(jnp.asarray(grid, jnp.float32), (new_grid, new_grid, width),
-                               method="cubic", antialias=False)
-    return np.concatenate([table[:1], np.asarray(resized).reshape(-1, width)], axis=0)
+    grid = table[1:].reshape(old_grid, old_grid, width).astype(np.float64)
+    matrix = bicubic_matrix(old_grid, new_grid)
+    resized = np.einsum("ai,bj,ijw->abw", matrix, matrix, grid).astype(table.dtype)
+    return np.concatenate([table[:1], resized.reshape(-1, width)], axis=0)
 
 
 def _blocks(reader: TensorReader, prefix: str, tower: dict[str, Any]) -> dict[str, Any]:
