@@ -196,3 +196,65 @@ def test_export_refuses_a_non_clip_architecture(hf_folder, tmp_path):
     cfg.projection = "mlp"
     with pytest.raises(UserError, match="projection heads .*'mlp'"):
         hf_clip.export_clip(params, cfg, str(tmp_path / "x"))
+
+
+def write_clip_tokenizer(folder: str) -> None:
+    """The real CLIP BPE tokenizer (vocab.json + merges.txt, HF layout), rebuilt from the merges
+    file open_clip ships: 256 byte symbols, the same with ``</w>``, 48894 merges, then
+    ``<|startoftext|>`` = 49406 and ``<|endoftext|>`` = 49407, as in openai/clip-vit-*."""
+    import gzip
+    import os
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode
+    path = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    merges = gzip.open(path).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump({token: i for i, token in enumerate(vocab)}, f)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = transformers.CLIPTokenizer(vocab=os.path.join(folder, "vocab.json"),
+                                           merges=os.path.join(folder, "merges.txt"))
+    tokenizer.save_pretrained(folder)
+
+
+def test_paper_preset_starts_both_towers_and_the_tokenizer_from_one_clip_folder(
+        tiny_data_dir, tmp_path):
+    """`configs/clip.py:paper --config.init.clip=<folder>` with the model shrunk to a tiny CLIP:
+    the towers, projections and logit scale are the folder's, the tokenizer is CLIP's BPE."""
+    from configs import clip
+    from medclip_jax import train
+    from medclip_jax.data import tokenizers
+    folder = str(tmp_path / "clip")
+    torch.manual_seed(0)
+    transformers.CLIPModel(transformers.CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4),
+        projection_dim=24)).save_pretrained(folder)
+    write_clip_tokenizer(folder)
+    expected, model_cfg = hf_clip.import_clip(folder, image_size=32, max_len=16)
+    config = clip.get_config("paper")
+    config.init.clip = folder
+    config.model = model_cfg
+    config.data.data_dir = tiny_data_dir
+    config.data.train_mixture = "synthetic_medical@tiny/train"
+    config.data.caption_field = "caption"
+    config.batch_size, config.max_steps, config.eval.every_steps = 16, 1, 0
+    run, checkpointer = train.setup(config, str(tmp_path / "run"))
+    for key in ("image", "image_proj", "text", "text_proj", "logit_scale"):
+        for a, b in zip(jax.tree.leaves(run.state.params[key]), jax.tree.leaves(expected[key])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    text = ["Frontal chest X-ray: no acute cardiopulmonary process."]
+    ids, mask = tokenizers.load_tokenizer(config.data.tokenizer)(text, 16)
+    assert run.tokenizer.vocab_size == 49408
+    import open_clip   # CLIP's own tokenizer on the same merges: the same ids
+    reference = open_clip.tokenizer.SimpleTokenizer()(text, context_length=16).numpy()
+    np.testing.assert_array_equal(ids * mask, reference)
+    assert ids[0, 0] == 49406 and ids[0, int(mask[0].sum()) - 1] == 49407
+    state, _ = run.train_step(run.state, next(iter(run.data_iter)), train.step_rng(0, 0))
+    assert int(state.step) == 1
+    checkpointer.close()
