@@ -98,9 +98,12 @@ def read_model_config(folder: str) -> dict[str, Any]:
 
 
 def reject_options(cfg: dict[str, Any], defaults: dict[str, Any], where: str) -> None:
+    """One line naming the first field set to something our towers do not compute."""
     for key, default in defaults.items():
-        if key in cfg and cfg[key] != default and not (default is None and cfg[key] in ({},)):
-            raise UserError(f"{where}.{key}={cfg[key]!r} is not supported (our towers need "
+        value = cfg.get(key, default)
+        harmless = {"act_kwargs": ({},), "block_type": ("default",)}.get(key, ())
+        if value != default and value not in harmless:
+            raise UserError(f"{where}.{key}={value!r} is not supported (our towers need "
                             f"{default!r})")
 
 
