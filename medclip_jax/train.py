@@ -263,6 +263,17 @@ class Run:
     data_iter: Iterator
 
 
+def resolve_model(config: ml_collections.ConfigDict
+                  ) -> tuple[ml_collections.ConfigDict, tokenizers.Tokenizer, DualEncoder]:
+    """(a resolved copy of the config with the tokenizer's vocabulary, tokenizer, model)."""
+    tokenizer = tokenizers.load_tokenizer(config.data.tokenizer)
+    if pipeline.get(config.data, "mlm.enabled", False):
+        tokenizer = tokenizers.with_mask_token(tokenizer)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model = model_config_with_vocab(config.model, tokenizer)
+    return config, tokenizer, build_model(config.model)
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpointing.Checkpointer]:
     """Builds the run from the config; restores from the workdir's latest checkpoint if any."""
     validate_config(config)
@@ -273,12 +284,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
         raise UserError(f"config.grad_accum_steps={config.grad_accum_steps}: the batch size "
                         f"{config.batch_size} must split into that many micro-batches, each "
                         f"divisible by the data-parallel size {sharding.data_parallel_size(mesh)}")
-    tokenizer = tokenizers.load_tokenizer(config.data.tokenizer)
-    if pipeline.get(config.data, "mlm.enabled", False):
-        tokenizer = tokenizers.with_mask_token(tokenizer)
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.model = model_config_with_vocab(config.model, tokenizer)
-    model = build_model(config.model)
+    config, tokenizer, model = resolve_model(config)
 
     num_examples = pipeline.num_examples(config.data, config.data.train_mixture)
     if config.eval.every_steps > 0:  # Fail now, not after the first stretch of training.

@@ -321,3 +321,30 @@ def test_a_head_of_another_kind_stays_random_with_a_warning(tiny_data_dir, biome
     config.model.projection_hidden_dim = 100
     with pytest.raises(UserError, match=r"config.model.projection_hidden_dim=100 does not match"):
         init_lib.imported_subtrees(config)
+
+
+def test_import_weights_writes_a_step0_workdir_the_evals_load(tiny_data_dir, biomed, tmp_path):
+    """evals.import_weights: the BiomedCLIP-layout folder through a config whose model is the
+    tiny preset's; the architecture comes from the folder, the eval loader gets open_clip's
+    model (same image and text embeddings)."""
+    from evals import import_weights
+    from medclip_jax.evaluation import runner
+    model, folder = biomed
+    config = tiny_config(tiny_data_dir)
+    config.init.image = config.init.text = f"open_clip:{folder}"
+    config.model.image.image_size = 224
+    workdir = str(tmp_path / "step0")
+    saved = import_weights.write_step0(config, workdir)
+    assert (saved["model"]["text"]["kind"], saved["model"]["text_projection"]) == ("bert", "mlp")
+    loaded = runner.load_model(workdir)
+    assert loaded.step == 0
+    ids, mask = token_batch(300, eot=None)
+    x = images(224, 1)
+    got = ours(jax.device_get(loaded.params), loaded.train_config.model, x, ids, mask)
+    for a, b in zip(got, theirs(model, x, ids)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(UserError, match="already has checkpoints"):
+        import_weights.write_step0(config, workdir)
+    config.init.image = config.init.text = ""
+    with pytest.raises(UserError, match="config.init names no weights"):
+        import_weights.write_step0(config, str(tmp_path / "none"))
