@@ -225,6 +225,13 @@ def _run(name, method, lock="none"):
                       source="suite", steps={}, files=[], results={})
 
 
+def test_untrained_runs_are_named_step_0_beside_their_trained_peers():
+    trained, untrained = _run("", "clip"), _run("", "clip")
+    trained.steps, untrained.steps = {"zero_shot": 468}, {"zero_shot": 0, "retrieval": 0}
+    named = report.name_runs([trained, untrained])
+    assert [r.name for r in named] == ["clip", "clip[step 0]"]
+
+
 def test_research_question_pairing():
     runs = [_run("clip", "clip"), _run("clip2", "clip"), _run("lit", "clip", "tower"),
             _run("slip", "slip"), _run("slip_lit", "slip", "tower"), _run("gloria", "gloria"),

@@ -256,9 +256,12 @@ def parse_names(text: str) -> dict[str, str]:
 
 
 def default_name(run: Run) -> str:
-    """The method, with the image-tower lock when the tower is (partly) frozen."""
+    """The method, with the image-tower lock when the tower is (partly) frozen, and ``[step 0]``
+    for untrained weights (``evals/import_weights.py`` workdirs)."""
     base = run.method or os.path.basename(os.path.normpath(run.workdir)) or run.directory
-    return base if run.lock in ("none", "unknown") else f"{base}[lock={run.lock}]"
+    if run.lock not in ("none", "unknown"):
+        base = f"{base}[lock={run.lock}]"
+    return f"{base}[step 0]" if run.steps and set(run.steps.values()) == {0} else base
 
 
 def name_runs(runs: Sequence[Run], names: Mapping[str, str] | None = None) -> list[Run]:
