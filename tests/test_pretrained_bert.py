@@ -104,3 +104,38 @@ def test_bad_folders_fail_with_one_line(tmp_path, setup, message):
     with pytest.raises(UserError, match=message) as e:
         hf_bert.import_bert(folder)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_checkpoints_import_as_float32(tmp_path, dtype):
+    """bf16 / fp16 safetensors (as PyTorch writes them) import exactly, rounded once."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+    tensors = tiny_tensors()
+    folder = write_folder(tmp_path / "model", TINY)
+    save_file({k: torch.from_numpy(v).to(getattr(torch, dtype)) for k, v in tensors.items()},
+              f"{folder}/model.safetensors")
+    params, _ = hf_bert.import_bert(folder)
+    got = params["layer_0"]["mlp"]["fc1"]["kernel"]
+    expected = torch.from_numpy(tensors["bert.encoder.layer.0.intermediate.dense.weight"]) \
+        .to(getattr(torch, dtype)).float().numpy().T
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_truncated_or_integer_weights_fail_with_one_line(tmp_path):
+    folder = write_folder(tmp_path / "model", TINY, tiny_tensors())
+    path = f"{folder}/model.safetensors"
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:-40])
+    with pytest.raises(UserError, match=r"lies outside the file .* \(truncated download\?\)"):
+        hf_bert.import_bert(folder)
+    open(path, "wb").write(b"garbage")
+    with pytest.raises(UserError, match="not a safetensors file"):
+        hf_bert.import_bert(folder)
+    ints = {k: v.astype(np.int32) for k, v in tiny_tensors().items()}
+    folder = write_folder(tmp_path / "ints", TINY, ints)
+    with pytest.raises(UserError, match=r"has dtype int32; expected float32, float16 or "
+                                        r"bfloat16") as e:
+        hf_bert.import_bert(folder)
+    assert "\n" not in str(e.value)
