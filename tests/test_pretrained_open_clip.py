@@ -324,17 +324,17 @@ def test_a_head_of_another_kind_stays_random_with_a_warning(tiny_data_dir, biome
 
 
 def test_import_weights_writes_a_step0_workdir_the_evals_load(tiny_data_dir, biomed, tmp_path):
-    """evals.import_weights: the BiomedCLIP-layout folder through a config whose model is the
-    tiny preset's; the architecture comes from the folder, the eval loader gets open_clip's
+    """evals/import_weights.py (`step0.write_step0`): the BiomedCLIP-layout folder through a
+    config whose model is the tiny preset's; the architecture comes from the folder, the eval loader gets open_clip's
     model (same image and text embeddings)."""
-    from evals import import_weights
     from medclip_jax.evaluation import runner
+    from medclip_jax.pretrained import step0
     model, folder = biomed
     config = tiny_config(tiny_data_dir)
     config.init.image = config.init.text = f"open_clip:{folder}"
     config.model.image.image_size = 224
     workdir = str(tmp_path / "step0")
-    saved = import_weights.write_step0(config, workdir)
+    saved = step0.write_step0(config, workdir)
     assert (saved["model"]["text"]["kind"], saved["model"]["text_projection"]) == ("bert", "mlp")
     loaded = runner.load_model(workdir)
     assert loaded.step == 0
@@ -344,7 +344,21 @@ def test_import_weights_writes_a_step0_workdir_the_evals_load(tiny_data_dir, bio
     for a, b in zip(got, theirs(model, x, ids)):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
     with pytest.raises(UserError, match="already has checkpoints"):
-        import_weights.write_step0(config, workdir)
+        step0.write_step0(config, workdir)
     config.init.image = config.init.text = ""
     with pytest.raises(UserError, match="config.init names no weights"):
-        import_weights.write_step0(config, str(tmp_path / "none"))
+        step0.write_step0(config, str(tmp_path / "none"))
+
+
+def test_import_weights_command_line_error_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+    from conftest import REPO_ROOT
+    result = subprocess.run(
+        [sys.executable, "-m", "evals.import_weights", "--config", "configs/clip.py:tiny",
+         "--workdir", str(tmp_path / "w")], cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: config.init names no weights (config.init.image / config.init.text / "
+        "config.init.clip): there is nothing to import")
