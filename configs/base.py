@@ -39,7 +39,6 @@ from medclip_jax.errors import UserError
 from medclip_jax.models.presets import model_config
 
 SYNTHETIC_DATA_DIR = "data/tfds"
-PRESETS = ("demo", "tiny", "paper")
 OPTIONS = ("lock", "text")
 #: The image-tower params in front of the first block (frozen with any `lock=<k>`).
 IMAGE_EMBEDDINGS = "patch_embed|cls_token|pos_embed|ln_pre"

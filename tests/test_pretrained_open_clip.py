@@ -334,7 +334,12 @@ def test_import_weights_writes_a_step0_workdir_the_evals_load(tiny_data_dir, bio
     config.init.image = config.init.text = f"open_clip:{folder}"
     config.model.image.image_size = 224
     workdir = str(tmp_path / "step0")
-    saved = step0.write_step0(config, workdir)
+    reads = []
+    real_import = init_lib.import_dual
+    with pytest.MonkeyPatch.context() as patch:   # the folder is read once, not twice
+        patch.setattr(init_lib, "import_dual", lambda *a: reads.append(a) or real_import(*a))
+        saved = step0.write_step0(config, workdir)
+    assert len(reads) == 1
     assert (saved["model"]["text"]["kind"], saved["model"]["text_projection"]) == ("bert", "mlp")
     loaded = runner.load_model(workdir)
     assert loaded.step == 0

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from medclip_jax.errors import UserError
+from medclip_jax.models import presets
 
 KINDS = ("hf_bert", "hf_clip", "open_clip")
 DUAL_KINDS = ("hf_clip", "open_clip")
@@ -105,7 +106,6 @@ def check_clip_fields(model_cfg: Any, ckpt_cfg: Any, section: str, folder: str) 
 def heads_match(model_cfg: Any, ckpt_cfg: Any, field: str, folder: str) -> bool:
     """Whether the checkpoint's `field` projection head fits ours (a different kind: warned,
     kept random; an MLP of another hidden size or activation: a UserError)."""
-    from medclip_jax.models import presets
     mine, theirs = presets.head_kinds(model_cfg)[field], presets.head_kinds(ckpt_cfg)[field]
     if mine != theirs:
         logging.warning("config.init.%s: the %s head of %s is %r, the model's %r: %s_proj "
@@ -119,13 +119,20 @@ def heads_match(model_cfg: Any, ckpt_cfg: Any, field: str, folder: str) -> bool:
     return True
 
 
-def imported_subtrees(config: ml_collections.ConfigDict) -> dict[str, tuple[str, Any]]:
-    """{top-level param key: (config field, imported subtree)} named by config.init."""
+DualCache = dict[tuple[str, str], tuple[dict[str, Any], Any]]
+
+
+def imported_subtrees(config: ml_collections.ConfigDict, dual_cache: DualCache | None = None
+                      ) -> dict[str, tuple[str, Any]]:
+    """{top-level param key: (config field, imported subtree)} named by config.init.
+
+    `dual_cache`: two-tower folders already imported (`import_dual`), keyed (kind, folder), so
+    a caller that read one for its architecture does not read it again."""
     init = config.get("init") or {}
     specs = {f: init.get(f, "") or "" for f in ("image", "text")}
     specs = {f: parse_spec(s, f) for f, s in specs.items() if s}
     out: dict[str, tuple[str, Any]] = {}
-    dual_cache: dict[tuple[str, str], tuple[dict[str, Any], Any]] = {}
+    dual_cache = dict(dual_cache or {})
     for field, (kind, folder) in specs.items():
         if kind == "hf_bert":
             from medclip_jax.pretrained import hf_bert
@@ -190,9 +197,10 @@ def replace_subtree(old: Any, new: Any, where: str) -> Any:
                                 f"{where}{jax.tree_util.keystr(p)}"), old)
 
 
-def apply_init(params: dict[str, Any], config: ml_collections.ConfigDict) -> dict[str, Any]:
+def apply_init(params: dict[str, Any], config: ml_collections.ConfigDict,
+               dual_cache: DualCache | None = None) -> dict[str, Any]:
     """`params` with the subtrees named by ``config.init`` replaced by imported weights."""
-    subtrees = imported_subtrees(config)
+    subtrees = imported_subtrees(config, dual_cache)
     if not subtrees:
         return params
     params = dict(params)
