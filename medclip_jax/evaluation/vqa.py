@@ -397,9 +397,10 @@ class HeadSettings:
         return self.fusion == "cross_attention" and self.question_features == "tokens"
 
     def head(self, num_answers: int) -> VqaHead:
-        return VqaHead(num_answers, self.fusion, self.question_features, self.hidden_dim,
-                       self.bilinear_factor, self.num_heads, self.num_layers,
-                       self.classifier_hidden_dim, self.dropout)
+        """The head with this config's values for every VqaHead field (matched by name)."""
+        shared = {f.name for f in dataclasses.fields(VqaHead)} & \
+            {f.name for f in dataclasses.fields(self)}
+        return VqaHead(num_answers, **{name: getattr(self, name) for name in shared})
 
 
 def settings_from_config(vqa: ml_collections.ConfigDict | dict[str, Any]) -> HeadSettings:
