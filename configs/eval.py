@@ -12,7 +12,15 @@ Fields:
   output_dir      where results go; empty = <workdir>/eval.
   batch_size      global eval batch size (padded and masked, so it need not divide the data).
   mesh            device mesh for evaluation; empty = the training config's.
+  fields          per-dataset record-field overrides, "<dataset>[@<config>]:<role>=<field>" with
+                  role image, caption or label, e.g. ("roco@radiology:caption=caption",).
+                  Without one, evaluations read each dataset's own fields (image; captions if
+                  present, else caption; the task's label field), never the training config's
+                  (medclip_jax/evaluation/fields.py).
   zero_shot.datasets   datasets whose metadata defines zero-shot tasks (class names, templates).
+  zero_shot.templates  prompt templates for every multi-class task; () = each task's own.
+  zero_shot.prompts    JSON file of per-dataset / per-task class names and templates
+                       (see evals/zero_shot.py); "" = none.
   zero_shot.multilabel_uncertain  multi-label tasks (CheXpert -1 = uncertain): "exclude" (the
                        default), "negative" or "positive"; NaN (not mentioned) is always
                        excluded.
@@ -49,8 +57,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.output_dir = ""
     config.batch_size = 256
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    config.fields = ()
     config.zero_shot = ml_collections.ConfigDict()
     config.zero_shot.multilabel_uncertain = "exclude"
+    config.zero_shot.templates = ()
+    config.zero_shot.prompts = ""
     config.retrieval = ml_collections.ConfigDict()
     config.retrieval.ks = (1, 5, 10, 50, 200)
     config.retrieval.block_size = 1024

@@ -48,7 +48,7 @@ from evals import common
 from evals import zero_shot as zero_shot_eval
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import linear_probe, runner, tables
+from medclip_jax.evaluation import fields, linear_probe, runner, tables
 
 FLAGS = flags.FLAGS
 FEATURE_KINDS = ("projected", "backbone")
@@ -73,28 +73,31 @@ def feature_model(loaded: runner.LoadedModel, kind: str) -> runner.LoadedModel:
 
 
 def cache_path(cache_dir: str, loaded: runner.LoadedModel, data_dir: str, name: str,
-               split: str, kind: str) -> str:
+               split: str, kind: str, image_field: str = "image") -> str:
     """``<cache_dir>/<name>-<split>-v<version>-<kind>-step<N>-<hash>.npy``."""
     folder = sources.dataset_dir(data_dir, name)
     version = os.path.basename(folder)
     digest = hashlib.sha1((loaded.train_config.to_json_best_effort(sort_keys=True)
-                           + "\n" + os.path.abspath(folder)).encode()).hexdigest()[:12]
+                           + "\n" + os.path.abspath(folder) + "\n" + image_field
+                           ).encode()).hexdigest()[:12]
     safe = re.sub(r"[^A-Za-z0-9_.@\-]+", "_", f"{name}-{split}")
     return os.path.join(cache_dir, f"{safe}-v{version}-{kind}-step{loaded.step}-{digest}.npy")
 
 
 def split_features(loaded: runner.LoadedModel, data_dir: str, name: str, split: str,
-                   kind: str, batch_size: int, cache_dir: str | None) -> np.ndarray:
+                   kind: str, batch_size: int, cache_dir: str | None,
+                   image_field: str = "image") -> np.ndarray:
     """[N, D] features of every record of a split, read from the cache or embedded (and
     cached by process 0; written to a temporary name, then renamed, so never half a file)."""
     num = sources.num_records(data_dir, name, split)
-    path = cache_path(cache_dir, loaded, data_dir, name, split, kind) if cache_dir else None
+    path = (cache_path(cache_dir, loaded, data_dir, name, split, kind, image_field)
+            if cache_dir else None)
     if path and os.path.exists(path):
         features = np.load(path)
         if features.shape[0] == num:
             return features
     features = runner.embed_split_images(feature_model(loaded, kind), data_dir, name, split,
-                                         batch_size)
+                                         batch_size, image_field=image_field)
     if len(features) != num:
         raise AssertionError(f"embedded {len(features)} images but {name}/{split} has {num}")
     if path and jax.process_index() == 0:
@@ -120,11 +123,12 @@ def dataset_name(entry: str) -> str:
     return entry
 
 
-def multiclass_tasks(name: str, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The dataset's multi-class tasks (multi-label ones have no single label to probe)."""
-    tasks = (meta or {}).get("tasks")
-    if not tasks:
-        raise UserError(f"{FIELD}.datasets: {name} has no tasks (class names) in its metadata")
+def multiclass_tasks(name: str, meta: dict[str, Any],
+                     config: ml_collections.ConfigDict | None = None
+                     ) -> dict[str, dict[str, Any]]:
+    """The dataset's multi-class tasks (multi-label ones have no single label to probe), with
+    the eval config's label-field overrides, exactly as zero-shot scores them."""
+    tasks = zero_shot_eval.dataset_tasks(name, meta, config, f"{FIELD}.datasets")
     chosen = {t: task for t, task in tasks.items()
               if zero_shot_eval.task_type(name, t, task) == "multiclass"}
     if not chosen:
@@ -137,13 +141,13 @@ def split_annotations(data_dir: str, name: str, split: str, tasks: dict[str, Any
     """The label fields the tasks use, and `modality` where the dataset has it."""
     available = set(sources.read_builder(sources.dataset_dir(data_dir, name))
                     .info.features.keys())
-    fields = {zero_shot_eval.label_field(task) for task in tasks.values()}
-    missing = sorted(fields - available)
+    wanted = {zero_shot_eval.label_field(task) for task in tasks.values()}
+    missing = sorted(wanted - available)
     if missing:
         raise UserError(f"{FIELD}.datasets: {name} has no label field(s) {', '.join(missing)} "
                         f"(fields: {', '.join(sorted(available))})")
     return sources.load_annotations(data_dir, name, split,
-                                    fields=sorted(fields | ({"modality"} & available)))
+                                    fields=sorted(wanted | ({"modality"} & available)))
 
 
 def task_rows(task_name: str, task: dict[str, Any], annotations: dict[str, np.ndarray]
@@ -161,8 +165,11 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, name: str,
     lp = config.linear_probe
     name = dataset_name(name)
     probe_settings = settings(lp)
-    tasks = multiclass_tasks(name, sources.dataset_metadata(data_dir, name))
-    splits = set(sources.read_builder(sources.dataset_dir(data_dir, name)).info.splits.keys())
+    tasks = multiclass_tasks(name, sources.dataset_metadata(data_dir, name), config)
+    info = sources.read_builder(sources.dataset_dir(data_dir, name)).info
+    splits = set(info.splits.keys())
+    image_field = fields.image_field(name, info.features.keys(),
+                                     fields.parse_overrides(config.get("fields", ())))
     carve = not lp.validation_split or lp.validation_split not in splits
     split_names = {"train": lp.train_split, "test": lp.test_split}
     if not carve:
@@ -171,7 +178,7 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, name: str,
     for role, split in split_names.items():
         annotations = split_annotations(data_dir, name, split, tasks)
         features = split_features(loaded, data_dir, name, split, lp.features,
-                                  config.batch_size, cache_dir)
+                                  config.batch_size, cache_dir, image_field)
         data[role] = (annotations, features)
     seeds = [int(lp.seed) + s for s in range(int(lp.k_shot_seeds))]
     results = {}

@@ -2,7 +2,9 @@
 
     python -m evals.retrieval --workdir runs/clip_demo [--step N] [--config configs/eval.py:demo]
 
-Every caption of every image is a candidate; identical caption strings are one text whose
+Texts come from the dataset's own caption field: ``captions`` (every caption of an image) when
+it has one, else ``caption``, or ``config.fields`` (``"<dataset>:caption=<field>"``); never
+the field the checkpoint was trained on. Every caption of every image is a candidate; identical caption strings are one text whose
 positives are all the images it describes, and an image with several captions has several
 positive texts. Ranks are those of each query's best-ranked positive, computed in
 similarity tiles of ``retrieval.block_size`` so memory does not grow with the test set.
@@ -20,26 +22,35 @@ from absl import flags
 
 from evals import common
 from medclip_jax.data import sources
-from medclip_jax.evaluation import retrieval, runner, tables
+from medclip_jax.evaluation import fields, retrieval, runner, tables
 
 FLAGS = flags.FLAGS
 
 
-def captions_per_image(annotations: dict[str, np.ndarray]) -> list[list[str]]:
-    """All captions of each record: a `captions` list field if present, else `caption`."""
-    if "captions" in annotations:
-        return [[str(c) for c in caps] for caps in annotations["captions"]]
-    return [[str(c)] for c in annotations["caption"]]
+def captions_per_image(annotations: dict[str, np.ndarray], field: str | None = None
+                       ) -> list[list[str]]:
+    """All captions of each record from `field` (default: ``captions`` if loaded, else
+    ``caption``), which holds a string or a list of strings per record."""
+    field = field or ("captions" if "captions" in annotations else "caption")
+    return [[str(c) for c in v] if isinstance(v, (list, tuple, np.ndarray)) else [str(v)]
+            for v in annotations[field]]
 
 
 def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str, batch_size: int,
-                     ks: tuple[int, ...], block_size: int) -> dict[str, Any]:
+                     ks: tuple[int, ...], block_size: int,
+                     overrides: tuple[fields.FieldOverride, ...] = ()) -> dict[str, Any]:
+    """Retrieval over `spec`'s own caption field (`fields.caption_field`), whatever field the
+    checkpoint was trained on."""
     entry = sources.parse_mixture(spec, field="config.retrieval.datasets")[0]
-    annotations = sources.load_annotations(data_dir, entry.name, entry.split)
+    available = sources.read_builder(sources.dataset_dir(data_dir, entry.name)).info.features
+    caption_field = fields.caption_field(entry.name, available.keys(), overrides)
+    image_field = fields.image_field(entry.name, available.keys(), overrides)
+    annotations = sources.load_annotations(data_dir, entry.name, entry.split,
+                                           fields=[caption_field])
     texts, image_positives, text_positives = retrieval.build_positives(
-        captions_per_image(annotations))
+        captions_per_image(annotations, caption_field))
     image_emb = runner.embed_split_images(loaded, data_dir, entry.name, entry.split,
-                                          batch_size)
+                                          batch_size, image_field=image_field)
     text_emb = runner.embed_texts(loaded, texts, batch_size)
     result = retrieval.retrieval_metrics(image_emb, text_emb, image_positives, text_positives,
                                          ks=ks, block_size=block_size)
@@ -51,8 +62,9 @@ def evaluate(loaded: runner.LoadedModel, data_dir: str,
              config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     """Every dataset of ``config.retrieval.datasets``: {spec: {"i2t_R@K", "t2i_R@K", ...}}."""
     ks = tuple(config.retrieval.ks)
+    overrides = fields.parse_overrides(config.get("fields", ()))
     return {spec: evaluate_dataset(loaded, data_dir, spec, config.batch_size, ks,
-                                   config.retrieval.block_size)
+                                   config.retrieval.block_size, overrides)
             for spec in config.retrieval.datasets}
 
 

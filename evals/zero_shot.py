@@ -37,10 +37,28 @@ absent, uncertain or not mentioned)::
   mentioned) is never a target; -1 (uncertain) is excluded, or read as negative or positive
   with ``--config.zero_shot.multilabel_uncertain=exclude|negative|positive``.
 
+Fields: images from ``image``, labels from each task's ``label_field`` (else ``label``), both
+overridable per dataset with ``config.fields`` (`medclip_jax/evaluation/fields.py`); never the
+training config's fields.
+
+Prompts: the class names and templates come from the dataset's metadata unless the eval config
+overrides them, so prompt sets can be compared without rebuilding a dataset:
+
+* ``config.zero_shot.templates``: templates for every multi-class task (``()`` = the
+  metadata's), e.g. ``--config.zero_shot.templates="('a photo of {}.',)"``;
+* ``config.zero_shot.prompts``: a JSON file ``{key: {"class_names": [...], "templates": [...],
+  "positive_templates": [...], "negative_templates": [...]}}`` (any subset of the entries),
+  where ``key`` is ``dataset``, ``dataset@config``, ``dataset:task`` or
+  ``dataset@config:task``; more specific keys win, and the file wins over
+  ``zero_shot.templates``. Class names must keep the metadata's number and order (labels index
+  them).
+
 `evaluate(loaded, data_dir, config)` is what `evals/run_suite.py` calls in-process.
 """
 
-from typing import Any
+import json
+import os
+from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
@@ -49,10 +67,11 @@ from absl import flags
 from evals import common
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import metrics, runner, tables, zero_shot
+from medclip_jax.evaluation import fields, metrics, runner, tables, zero_shot
 
 FLAGS = flags.FLAGS
 TASK_TYPES = ("multiclass", "multilabel")
+PROMPT_KEYS = ("class_names", "templates", "positive_templates", "negative_templates")
 
 
 def task_records(task_name: str, task: dict[str, Any], modalities: np.ndarray | None,
@@ -74,6 +93,90 @@ def task_type(spec: str, task_name: str, task: dict[str, Any]) -> str:
 
 def label_field(task: dict[str, Any]) -> str:
     return task.get("label_field", "label")
+
+
+def read_prompts_file(path: str) -> dict[str, dict[str, list[str]]]:
+    """``config.zero_shot.prompts``: {key: {prompt entry: list of strings}}, checked."""
+    where = "config.zero_shot.prompts"
+    if not path:
+        return {}
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{where}: cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: {path} must hold a JSON object keyed by dataset[:task]")
+    for key, entry in data.items():
+        bad = ([k for k in entry if k not in PROMPT_KEYS] if isinstance(entry, dict)
+               else ["(not an object)"])
+        lists_ok = isinstance(entry, dict) and all(
+            isinstance(v, list) and v and all(isinstance(x, str) for x in v)
+            for v in entry.values())
+        if bad or not lists_ok:
+            raise UserError(f"{where}: {path} entry {key!r} must map some of "
+                            f"{', '.join(PROMPT_KEYS)} to non-empty lists of strings")
+    return data
+
+
+def prompt_keys(name: str, task_name: str) -> list[str]:
+    """The prompt-file keys that apply to a task, least specific first."""
+    dataset = name.split("@", 1)[0]
+    keys = [dataset, name, f"{dataset}:{task_name}", f"{name}:{task_name}"]
+    return list(dict.fromkeys(keys))
+
+
+def with_prompts(name: str, task_name: str, task: dict[str, Any],
+                 templates: Sequence[str], prompts: dict[str, dict[str, list[str]]]
+                 ) -> dict[str, Any]:
+    """The task with the eval config's class names / templates in place of the metadata's."""
+    task = dict(task)
+    if templates and task.get("type", "multiclass") == "multiclass":
+        task["templates"] = [str(t) for t in templates]
+    for key in prompt_keys(name, task_name):
+        task.update(prompts.get(key, {}))
+    for key in ("templates", "positive_templates", "negative_templates"):
+        for template in task.get(key, []):
+            if "{}" not in template:
+                raise UserError(f"{name}: task {task_name!r} template {template!r} has no '{{}}' "
+                                f"for the class name")
+    return task
+
+
+def check_class_names(name: str, task_name: str, task: dict[str, Any],
+                      original: dict[str, Any]) -> None:
+    """Overridden class names must keep the metadata's count (labels are indices into them)."""
+    key = "class_names" if task.get("type", "multiclass") == "multiclass" else None
+    if key is None or len(task.get(key, [])) == len(original.get(key, [])):
+        return
+    raise UserError(f"config.zero_shot.prompts: {name} task {task_name!r} has "
+                    f"{len(original.get(key, []))} classes ({', '.join(original.get(key, []))}), "
+                    f"but the override names {len(task[key])}")
+
+
+def dataset_tasks(name: str, meta: dict[str, Any] | None,
+                  config: ml_collections.ConfigDict | None, field: str
+                  ) -> dict[str, dict[str, Any]]:
+    """The dataset's tasks as the evaluation scores them: metadata tasks with the eval config's
+    prompts and label-field overrides applied (each task gets an explicit ``label_field``).
+    `field` names the config field for the error when the metadata has no tasks."""
+    tasks = (meta or {}).get("tasks")
+    if not tasks:
+        raise UserError(f"{field}: {name} has no zero-shot tasks (class names and templates) "
+                        f"in its metadata")
+    zs = config.get("zero_shot", {}) if config is not None else {}
+    templates = tuple(zs.get("templates", ()) or ())
+    prompts = read_prompts_file(zs.get("prompts", "") or "")
+    overrides = fields.parse_overrides(config.get("fields", ()) if config is not None else ())
+    out = {}
+    for task_name, task in tasks.items():
+        resolved = with_prompts(name, task_name, task, templates, prompts)
+        check_class_names(name, task_name, resolved, task)
+        if resolved.get("type", "multiclass") == "multiclass":
+            resolved["label_field"] = fields.label_field(name, task.get("label_field"),
+                                                         overrides)
+        out[task_name] = resolved
+    return out
 
 
 def multilabel_task(spec: str, task_name: str, task: dict[str, Any]) -> dict[str, Any]:
@@ -143,32 +246,34 @@ def label_values(annotations: dict[str, np.ndarray], field: str, width: int,
 
 def needed_fields(spec: str, tasks: dict[str, Any], available: set[str]) -> list[str]:
     """The annotation fields the tasks read (and ``modality`` where the dataset has it)."""
-    fields = {label_field(t) for t in tasks.values()}
-    missing = sorted(fields - available)
+    wanted = {label_field(t) for t in tasks.values()}
+    missing = sorted(wanted - available)
     if missing:
         raise UserError(f"{spec}: its zero-shot tasks read field(s) {', '.join(missing)}, "
                         f"which the dataset does not have (fields: {', '.join(sorted(available))})")
-    return sorted(fields | ({"modality"} & available))
+    return sorted(wanted | ({"modality"} & available))
 
 
 def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str, batch_size: int,
-                     uncertain: str = "exclude") -> dict[str, dict[str, Any]]:
+                     uncertain: str = "exclude",
+                     config: ml_collections.ConfigDict | None = None
+                     ) -> dict[str, dict[str, Any]]:
+    """`spec`'s tasks; `config` (the eval config) supplies prompt and field overrides."""
     entry = sources.parse_mixture(spec, field="config.zero_shot.datasets")[0]
-    meta = sources.dataset_metadata(data_dir, entry.name)
-    tasks = (meta or {}).get("tasks")
-    if not tasks:
-        raise UserError(f"config.zero_shot.datasets: {spec} has no zero-shot tasks "
-                        f"(class names and templates) in its metadata")
+    tasks = dataset_tasks(entry.name, sources.dataset_metadata(data_dir, entry.name), config,
+                          "config.zero_shot.datasets")
     kinds = {name: task_type(spec, name, task) for name, task in tasks.items()}
     checked = {name: multilabel_task(spec, name, task) for name, task in tasks.items()
                if kinds[name] == "multilabel"}
     available = set(sources.read_builder(sources.dataset_dir(data_dir, entry.name))
                     .info.features.keys())
+    overrides = fields.parse_overrides(config.get("fields", ()) if config is not None else ())
+    image_field = fields.image_field(entry.name, available, overrides)
     annotations = sources.load_annotations(data_dir, entry.name, entry.split,
                                            fields=needed_fields(spec, tasks, available))
     num_records = len(next(iter(annotations.values())))
     image_emb = runner.embed_split_images(loaded, data_dir, entry.name, entry.split,
-                                          batch_size)
+                                          batch_size, image_field=image_field)
     if len(image_emb) != num_records:
         raise AssertionError(f"embedded {len(image_emb)} images but {spec} has {num_records}")
     modalities = annotations.get("modality")
@@ -197,7 +302,8 @@ def evaluate(loaded: runner.LoadedModel, data_dir: str,
                         f"{', '.join(zero_shot.UNCERTAIN_POLICIES)}")
     results = {}
     for spec in config.zero_shot.datasets:
-        results.update(evaluate_dataset(loaded, data_dir, spec, config.batch_size, uncertain))
+        results.update(evaluate_dataset(loaded, data_dir, spec, config.batch_size, uncertain,
+                                        config))
     return results
 
 

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from medclip_jax import checkpointing, losses, models, optim, preemption, sharding
 from medclip_jax.data import pipeline, sources, tokenizers
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import embed, retrieval
+from medclip_jax.evaluation import embed, fields, retrieval
 from medclip_jax.metric_logging import MetricWriter, Progress, format_duration
 from medclip_jax.models import DualEncoder, build_model
 from medclip_jax.models.dual_encoder import clamped_scale
@@ -326,16 +326,21 @@ def validate(run: Run, params: Any) -> dict[str, float]:
     """Val loss and retrieval recall on the first val examples.
 
     The val loss is the CLIP InfoNCE in train-batch-sized chunks for every method, so runs of
-    different methods can be compared on one number.
+    different methods can be compared on one number. The split's texts are its own caption
+    field (`fields.caption_field`; the first caption of a list), not config.data.caption_field.
     """
     config = run.config
     entry = sources.parse_mixture(config.eval.split, field="config.eval.split")[0]
+    available = sources.read_builder(
+        sources.dataset_dir(config.data.data_dir, entry.name)).info.features.keys()
+    caption_field = fields.caption_field(entry.name, available)
     batches = pipeline.make_eval_iterator(
         config.data.data_dir, entry.name, entry.split,
         image_size=config.model.image.image_size, max_len=config.model.text.max_len,
         tokenizer=run.tokenizer, global_batch_size=config.batch_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        data_config=config.data)
+        data_config=config.data, image_field=fields.image_field(entry.name, available),
+        text_field=caption_field)
     max_batches = max(1, -(-config.eval.max_examples // config.batch_size))
     out = embed.embed_batches(run.model, params, batches, run.mesh, max_batches=max_batches)
     image_emb, text_emb = out["image_emb"], out["text_emb"]
@@ -347,9 +352,9 @@ def validate(run: Run, params: Any) -> dict[str, float]:
     # Identical captions are one text whose positives are all their images (as in evals/);
     # the eval iterator embeds each record's first caption, so that is the one used here.
     annotations = sources.load_annotations(config.data.data_dir, entry.name, entry.split,
-                                           fields=(config.data.caption_field,))
-    captions = [c if isinstance(c, str) else c[0]
-                for c in np.asarray(annotations[config.data.caption_field])[out["index"]]]
+                                           fields=(caption_field,))
+    captions = [c if isinstance(c, str) else (c[0] if len(c) else "")
+                for c in np.asarray(annotations[caption_field])[out["index"]]]
     texts, image_positives, text_positives = retrieval.build_positives([[c] for c in captions])
     first_record = {}
     for row, caption in enumerate(captions):

@@ -97,11 +97,11 @@ def eval_records(data_dir: str, name: str, split: str, caption_field: str = "cap
     """Every record of a split through the grain eval pipeline: the record indices seen (each
     once) and the decoded images' shape."""
     import ml_collections
-    config = ml_collections.ConfigDict({"caption_field": caption_field, "read_threads": 0})
+    config = ml_collections.ConfigDict({"read_threads": 0})
     iterator = pipeline.make_eval_iterator(
         str(data_dir), name, split, image_size=image_size, max_len=16,
         tokenizer=tokenizers.ByteTokenizer(), global_batch_size=batch, process_index=0,
-        process_count=1, data_config=config)
+        process_count=1, data_config=config, text_field=caption_field)
     indices, shapes = [], set()
     for b in iterator:
         indices.extend(b["index"][b["valid"]].tolist())

@@ -22,7 +22,7 @@ def test_every_record_once_and_equal_to_unbatched_embeddings(tiny_data_dir):
     batches = list(pipeline.make_eval_iterator(
         tiny_data_dir, "synthetic_medical@tiny", "test", image_size=32, max_len=16,
         tokenizer=tokenizer, global_batch_size=40, process_index=0, process_count=1,
-        data_config=config.data))
+        data_config=config.data, text_field="caption"))
     assert len(batches) == 2 and int(batches[1]["valid"].sum()) == 8
     out = embed.embed_batches(model, params, batches, mesh)
     np.testing.assert_array_equal(out["index"], np.arange(48))

@@ -58,11 +58,11 @@ def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
 
 
 def eval_batches(data_dir, split="validation", batch=8, process_index=0, process_count=1,
-                 config=None):
+                 config=None, text_field="caption"):
     return list(pipeline.make_eval_iterator(
         data_dir, TINY, split, image_size=SIZE, max_len=MAX_LEN, tokenizer=TOKENIZER,
         global_batch_size=batch, process_index=process_index, process_count=process_count,
-        data_config=config))
+        data_config=config, text_field=text_field))
 
 
 def test_train_batch_shapes_and_dtypes(tiny_data_dir):
@@ -328,3 +328,16 @@ def test_worker_processes_give_identical_batches(tiny_data_dir):
     finally:
         if marked:
             flags.FLAGS.unparse_flags()
+
+
+def test_eval_batches_read_the_datasets_fields_not_the_training_caption_field(tiny_data_dir):
+    """A checkpoint trained on `captions` (or any field the evaluated dataset lacks) still
+    evaluates: eval iterators take the dataset's fields as arguments, images only by default."""
+    trained_on_captions = ml_collections.ConfigDict({"caption_field": "captions"})
+    images_only = eval_batches(tiny_data_dir, split="test", batch=16,
+                               config=trained_on_captions, text_field=None)
+    assert "text_ids" not in images_only[0] and images_only[0]["image"].shape[0] == 16
+    with_text = eval_batches(tiny_data_dir, split="test", batch=16, config=trained_on_captions)
+    for a, b in zip(images_only, with_text):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["index"], b["index"])

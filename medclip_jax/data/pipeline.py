@@ -53,8 +53,9 @@ decode, so the main image's pixels never change.
 * ``worker_processes``: grain worker processes (``mp_prefetch``) for many-core hosts, train
   only [0]; needs absl flags parsed (true under ``absl.app.run``). Batches stay identical,
   but a checkpointed iterator state only restores under the same value.
-* ``image_field``, ``caption_field``: record fields to read ["image", "caption"]; a caption
-  field holding a list of captions yields one of them at random (the first in eval).
+* ``image_field``, ``caption_field``: the training records' fields ["image", "caption"]; a
+  caption field holding a list of captions yields one of them at random. Train only: eval
+  iterators read the evaluated dataset's own fields (see `make_eval_iterator`).
 * ``tokenizer``: read by the caller (`tokenizers.load_tokenizer`), not here.
 * ``image_views``: extra augmented image views per train example [0].
 * ``view_augment.*``: the views' recipe, SLIP's (= MoCo v3's) SimCLR augmentation:
@@ -348,11 +349,14 @@ class BatchLoader:
     index of the only source, and positions past its end become padding (``valid=False``).
     Each record's randomness comes from (seed, position), so it does not depend on the
     process count. `image_views` / `text_extras` (train only) add the SLIP / DeCLIP inputs.
+    `fields` is (image field, caption field); a caption field of None reads images only (the
+    batches then have no ``text_ids`` / ``text_mask``).
     """
 
     def __init__(self, record_sources: Sequence[sources.RecordSource],
-                 stream: grain.MapDataset | None, settings: ImageSettings, tokenizer: Tokenizer,
-                 max_len: int, fields: tuple[str, str], seed: int, global_batch: int,
+                 stream: grain.MapDataset | None, settings: ImageSettings,
+                 tokenizer: Tokenizer | None, max_len: int, fields: tuple[str, str | None],
+                 seed: int, global_batch: int,
                  process_index: int, process_count: int,
                  image_views: ImageViews | None = None, text_extras: TextExtras | None = None):
         self.sources = list(record_sources)
@@ -398,18 +402,20 @@ class BatchLoader:
         else:
             decoded = image_ops.decode_pil(data, where, self.settings.min_side)
         image = self.settings.transform(decoded, rng)
-        caption = pick_caption(record[self.caption_field], rng)
+        caption = (pick_caption(record[self.caption_field], rng)
+                   if self.caption_field is not None else "")
         return image, views, caption, record_index, source_index
 
     def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
         start = int(batch_index) * self.global_batch + self.process_index * self.local_batch
         positions = range(start, start + self.local_batch)
         images, views, captions, index, source = zip(*(self.example(p) for p in positions))
-        ids, mask = self.tokenizer(list(captions), self.max_len)
         mean, std = self.settings.mean, self.settings.std
         batch = {"image": image_ops.normalize(np.stack(images), mean, std),
-                 "text_ids": ids, "text_mask": mask,
                  "index": np.asarray(index, np.int64), "source": np.asarray(source, np.int32)}
+        if self.caption_field is not None:
+            ids, mask = self.tokenizer(list(captions), self.max_len)
+            batch.update(text_ids=ids, text_mask=mask)
         if self.views is not None:
             batch["image_views"] = image_ops.normalize(np.stack(views), mean, std)
         if self.text_extras is not None:
@@ -420,14 +426,15 @@ class BatchLoader:
 
 
 def open_sources(data_dir: str, entries: Sequence[sources.MixtureEntry],
-                 fields: tuple[str, str]) -> list[sources.RecordSource]:
-    """The mixture's sources, reading only the image, caption and (if any) id fields."""
+                 fields: tuple[str, str | None]) -> list[sources.RecordSource]:
+    """The mixture's sources, reading only the image, caption (if any) and id (if any) fields."""
     opened = []
     for entry in entries:
         path = sources.dataset_dir(data_dir, entry.name)
         available = sources.read_builder(path).info.features.keys()
+        wanted = [f for f in fields if f is not None]
         source = sources.RecordSource(path, entry.split,
-                                      [*fields, *(["id"] if "id" in available else [])])
+                                      [*wanted, *(["id"] if "id" in available else [])])
         if len(source) == 0:
             raise UserError(f"dataset {path} split {entry.split} has no records")
         opened.append(source)
@@ -492,9 +499,10 @@ def num_examples(data_config: ml_collections.ConfigDict, mixture_spec: str) -> i
 
 
 def make_eval_iterator(data_dir: str, name: str, split: str, *, image_size: int, max_len: int,
-                       tokenizer: Tokenizer, global_batch_size: int, process_index: int,
+                       tokenizer: Tokenizer | None, global_batch_size: int, process_index: int,
                        process_count: int,
-                       data_config: ml_collections.ConfigDict | None = None
+                       data_config: ml_collections.ConfigDict | None = None,
+                       image_field: str = "image", text_field: str | None = None
                        ) -> grain.IterDataset:
     """Every record once, in order, as padded host-local batches (re-iterable).
 
@@ -502,9 +510,14 @@ def make_eval_iterator(data_dir: str, name: str, split: str, *, image_size: int,
     padded to full size (``valid=False``, ``index=-1``), so all processes yield
     ``ceil(N / B)`` batches of identical shape. No augmentation: shorter side resize + centre
     crop. Reader threads only (no worker processes: evaluation restarts often in training).
+
+    The fields are the evaluated dataset's own (`medclip_jax.evaluation.fields`), not
+    `data_config`'s training fields: `data_config` only sets the image normalisation and the
+    reader threads. With ``text_field=None`` (the default) batches hold images only; with a
+    text field (a list field gives its first caption) they add ``text_ids`` / ``text_mask``.
     """
     local_batch_size(global_batch_size, process_index, process_count)
-    fields = record_fields(data_config)
+    fields = (image_field, text_field)
     record_source = open_sources(data_dir, [sources.MixtureEntry(name, split)], fields)[0]
     loader = BatchLoader([record_source], None, ImageSettings(data_config, image_size, False),
                          tokenizer, max_len, fields, 0, global_batch_size, process_index,

@@ -65,14 +65,19 @@ def embed_texts(loaded: LoadedModel, texts: Sequence[str], global_batch_size: in
 
 
 def embed_split_images(loaded: LoadedModel, data_dir: str, name: str, split: str,
-                       global_batch_size: int) -> np.ndarray:
-    """[N, E] image embeddings of every record of a split, in record order."""
+                       global_batch_size: int, image_field: str = "image") -> np.ndarray:
+    """[N, E] image embeddings of every record of a split, in record order.
+
+    Reads only the split's `image_field` (and ids): the training config sets the image
+    preprocessing, never which fields are read (`medclip_jax.evaluation.fields`).
+    """
     model_cfg = loaded.train_config.model
     batches = pipeline.make_eval_iterator(
         data_dir, name, split, image_size=model_cfg.image.image_size,
-        max_len=model_cfg.text.max_len, tokenizer=loaded.tokenizer,
+        max_len=model_cfg.text.max_len, tokenizer=None,
         global_batch_size=global_batch_size, process_index=jax.process_index(),
-        process_count=jax.process_count(), data_config=loaded.train_config.data)
+        process_count=jax.process_count(), data_config=loaded.train_config.data,
+        image_field=image_field)
     return embed.embed_batches(loaded.model, loaded.params, batches, loaded.mesh,
                                texts=False)["image_emb"]
 

@@ -711,30 +711,19 @@ def encode_questions(loaded: Any, texts: Sequence[str], global_batch_size: int, 
     return out
 
 
-def caption_field_for(data_dir: str, name: str, data_config: ml_collections.ConfigDict
-                      ) -> str:
-    """A text field the eval iterator can tokenise (it always reads one; VQA ignores it)."""
-    available = sources.read_builder(sources.dataset_dir(data_dir, name)).info.features.keys()
-    for field in (pipeline.record_fields(data_config)[1], "caption", "question", "id"):
-        if field in available:
-            return field
-    raise UserError(f"config.vqa.datasets: {name} has no text field (caption, question, id)")
-
-
 def encode_split_images(loaded: Any, data_dir: str, name: str, split: str,
                         global_batch_size: int, records: np.ndarray, *, tokens: bool,
-                        pixels: bool) -> dict[str, np.ndarray]:
+                        pixels: bool, image_field: str = "image") -> dict[str, np.ndarray]:
     """Image features of records `records` (sorted) of a split, in that order: the projected
     pooled embedding [I, E] and, with `tokens`, the patch tokens [I, N, W]; with `pixels`, the
     preprocessed images [I, H, W, 3] instead (for a trained tower, encoded in the step)."""
     model, mesh = loaded.model, loaded.mesh
-    data_config = ml_collections.ConfigDict(loaded.train_config.data.to_dict())
-    data_config.caption_field = caption_field_for(data_dir, name, loaded.train_config.data)
     batches = pipeline.make_eval_iterator(
         data_dir, name, split, image_size=loaded.train_config.model.image.image_size,
-        max_len=loaded.train_config.model.text.max_len, tokenizer=loaded.tokenizer,
+        max_len=loaded.train_config.model.text.max_len, tokenizer=None,
         global_batch_size=global_batch_size, process_index=jax.process_index(),
-        process_count=jax.process_count(), data_config=data_config)
+        process_count=jax.process_count(), data_config=loaded.train_config.data,
+        image_field=image_field)
     encode = _tower_encoders(model, mesh)[0]
     wanted = np.zeros(int(records.max()) + 1 if len(records) else 0, bool)
     wanted[records] = True
