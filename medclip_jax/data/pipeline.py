@@ -20,7 +20,9 @@ the sum of the sources' sizes.
 
 Batches: ``image`` float32 [b, H, W, 3] normalised, ``text_ids``/``text_mask`` int32 [b, L],
 ``index`` int64 [b] (record index within its source), ``source`` int32 [b] (mixture entry).
-Eval batches add ``valid`` bool [b]; padding rows have ``index = -1``.
+Eval batches add ``valid`` bool [b]; padding rows have ``index = -1``. Train batches add
+``caption_hash`` int32 [b, 2], a 64-bit digest of the normalised caption that ``text_ids``
+encodes (`text_ops.caption_hashes`): the duplicate-caption contrastive targets' key.
 
 Train batches may add extra inputs for SLIP (Mu et al. 2022, arXiv 2112.12750) and DeCLIP
 (Li et al. 2022, arXiv 2110.05208), each only when its field turns it on:
@@ -420,6 +422,8 @@ class BatchLoader:
             batch["image_views"] = image_ops.normalize(np.stack(views), mean, std)
         if self.text_extras is not None:
             batch.update(self.text_extras(ids, mask, self.seed, positions))
+        if self.stream is not None:  # train: the key of the duplicate-caption targets
+            batch["caption_hash"] = text_ops.caption_hashes(captions)
         if self.stream is None:
             batch["valid"] = batch["index"] >= 0
         return batch

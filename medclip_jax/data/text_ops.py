@@ -1,4 +1,4 @@
-"""Host-side token ops (numpy): token-dropout text views and BERT-style MLM inputs.
+"""Host-side text ops (numpy): token-dropout text views, BERT-style MLM inputs, caption identity.
 
 Both take one packed row (`ids`, `mask` int [L], right-padded, as `tokenizers.pack` makes it:
 ``prefix specials + content + suffix specials + padding``) and touch only the content: the
@@ -21,8 +21,22 @@ prefix / suffix specials ([CLS]/[SEP], BOS/EOS) and the padding are never droppe
 
   Returns the corrupted row and `max_predictions` slots of (position, original id, weight);
   unused slots are (0, 0, 0). Positions are in increasing order.
+
+Caption identity (the duplicate-caption contrastive targets, `medclip_jax.losses.clip`):
+
+* `normalize_caption`: Unicode NFKC, lower-cased, whitespace runs collapsed to one space,
+  surrounding whitespace and trailing ``. , ; : ! ?`` removed (the rule of
+  `data_prep.vqa.normalize_answer`, plus NFKC so full-width and compatibility forms match).
+  "No acute cardiopulmonary process." == "no  acute cardiopulmonary process"; inner
+  punctuation, digits and word order still distinguish captions.
+* `caption_hashes`: 64 bits of BLAKE2b of the normalised UTF-8 text per caption, as two int32
+  columns (JAX is 32-bit by default). 64 bits because a batch of n distinct captions collides
+  with probability ~ n^2 / 2^(bits + 1): ~0.12 for 32 bits at n = 32k, ~3e-11 for 64 bits.
+  An unkeyed digest (not Python's per-process salted `hash`) is the same on every host and run.
 """
 
+import hashlib
+import unicodedata
 from typing import Sequence
 
 import numpy as np
@@ -30,6 +44,7 @@ import numpy as np
 SELECTIONS = ("bernoulli", "fixed")
 MASK_FRACTION = 0.8  # of the selected tokens -> [MASK]
 RANDOM_FRACTION = 0.1  # -> a random token; the rest (0.1) stay unchanged
+TRAILING_PUNCTUATION = ".,;:!?"  # removed from the end of a caption by `normalize_caption`
 
 
 def content_span(mask: np.ndarray, num_prefix: int, num_suffix: int) -> tuple[int, int]:
@@ -109,3 +124,16 @@ def random_token_ids(vocab_size: int, special_ids: frozenset[int] | set[int]) ->
     """The ids MLM may draw as random replacements: the vocabulary minus its specials."""
     ids = np.arange(vocab_size, dtype=np.int32)
     return ids[~np.isin(ids, np.fromiter(special_ids, np.int64, len(special_ids)))]
+
+
+def normalize_caption(caption: str) -> str:
+    """The form in which two captions count as the same text (see the module docstring)."""
+    text = " ".join(unicodedata.normalize("NFKC", caption).lower().split())
+    return text.rstrip(TRAILING_PUNCTUATION + " ")
+
+
+def caption_hashes(captions: Sequence[str]) -> np.ndarray:
+    """[n, 2] int32: 64-bit digests of the normalised captions; equal rows = same caption."""
+    digests = b"".join(hashlib.blake2b(normalize_caption(c).encode("utf-8"),
+                                       digest_size=8).digest() for c in captions)
+    return np.frombuffer(digests, dtype="<i4").reshape(len(captions), 2).astype(np.int32)
