@@ -6,6 +6,11 @@ method needs, so every method trains under one identical setup.
 Fields:
   method            name of the contrastive loss in ``medclip_jax.losses.REGISTRY``.
   loss              keyword arguments for that loss (method-specific).
+                    ``loss.duplicate_captions`` (CLIP, ConVIRT, CyCLIP, SigLIP, SLIP, DeCLIP,
+                    VSE++; default False): pairs of the global batch whose captions are
+                    identical after normalisation (case, Unicode NFKC, whitespace, trailing
+                    punctuation) are positives, not negatives; InfoNCE targets become uniform
+                    over them, SigLIP labels them +1 (``medclip_jax/losses/clip.py``).
   model             the towers (see ``medclip_jax/models/presets.py``); ``text.vocab_size <= 0``
                     takes the tokenizer's vocabulary size.
   data              input pipeline (see ``medclip_jax/data/pipeline.py``), including the extra
@@ -47,7 +52,8 @@ IMAGE_EMBEDDINGS = "patch_embed|cls_token|pos_embed|ln_pre"
 def get_base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.method = "clip"
-    config.loss = ml_collections.ConfigDict()
+    # CLIP's knobs; every method config that changes the method sets its own.
+    config.loss = ml_collections.ConfigDict({"duplicate_captions": False})
     config.seed = 0
 
     config.model = model_config("small")

@@ -10,6 +10,10 @@ Presets (``--config configs/clip.py:<preset>``):
   ROCO + PMC-OA + Quilt-1M + MIMIC-CXR mixture (built with ``data_prep``).
       python -m medclip_jax.main --config configs/clip.py:paper --workdir gs://.../clip \
           --config.data.data_dir=/path/to/tfds --config.data.tokenizer=hf:/path/to/clip
+
+``--config.loss.duplicate_captions=True``: pairs with identical (normalised) captions are
+positives, the InfoNCE targets uniform over them (``medclip_jax/losses/clip.py``);
+``scripts/duplicate_captions_demo.sh`` compares it with the default on the demo.
 """
 
 import ml_collections

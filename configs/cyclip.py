@@ -14,5 +14,6 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config = base.apply_preset(base.get_base_config(), arg)
     config.method = "cyclip"
     config.loss = ml_collections.ConfigDict(
-        {"in_modal_weight": 0.25, "cross_modal_weight": 0.25, "reduction": "mean"})
+        {"in_modal_weight": 0.25, "cross_modal_weight": 0.25, "reduction": "mean",
+         "duplicate_captions": False})
     return config

@@ -26,7 +26,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.method = "declip"
     config.loss = ml_collections.ConfigDict(dict(
         clip_weight=0.0, mvs_weight=0.4, iss_weight=0.2, tss_weight=0.2, nns_weight=0.2,
-        mvs_pairs="all", nns_views="all", queue_size=QUEUE_SIZES.get(preset, 4096)))
+        mvs_pairs="all", nns_views="all", queue_size=QUEUE_SIZES.get(preset, 4096),
+        duplicate_captions=False))
     config.model.ssl_head.kind = "simsiam"
     if preset == "paper":  # SimSiam's projector 2048-2048-2048 and bottleneck predictor 512.
         config.model.ssl_head.hidden_dim = 2048

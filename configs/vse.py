@@ -15,5 +15,5 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config = base.apply_preset(base.get_base_config(), arg)
     config.method = "vse"
     config.loss = ml_collections.ConfigDict({"margin": 0.2, "max_violation": True,
-                                          "reduction": "mean"})
+                                          "reduction": "mean", "duplicate_captions": False})
     return config

@@ -44,8 +44,10 @@ def rest_of_state(state: TrainState) -> dict[str, Any]:
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The batch entries the model reads (views and MLM inputs only when the pipeline made them)."""
-    keys = ("image", "text_ids", "text_mask", *models.dual_encoder.OPTIONAL_INPUTS)
+    """The batch entries the model and the loss read (views, MLM inputs, caption hashes only
+    when the pipeline made them)."""
+    keys = ("image", "text_ids", "text_mask", *models.dual_encoder.OPTIONAL_INPUTS,
+            *models.dual_encoder.LOSS_INPUTS)
     return {k: batch[k] for k in keys if k in batch}
 
 
@@ -158,6 +160,8 @@ def make_grad_fn(model: DualEncoder, loss_fn: Callable, grad_accum_steps: int = 
     embeds each micro-batch, the loss and its gradient w.r.t. the embeddings are computed on
     the full batch, then each micro-batch is run again and back-propagated with its slice of
     those embedding gradients (the "gradient cache" scheme), and the param gradients summed.
+    Loss-only inputs (the caption hashes) are split and merged with the embeddings, so
+    duplicate captions are found across the whole global batch too.
     """
 
     def forward(params, batch, rng):

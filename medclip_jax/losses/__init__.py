@@ -5,6 +5,12 @@ where `outputs` is the model's `EncoderOutputs`. A method that carries state acr
 DeCLIP text queue) takes it as a second argument, `loss_fn(outputs, method_state, **kwargs)`,
 and registers how to create and update that state in `STATEFUL`; the state lives in the train
 state and is checkpointed with it. Adding a method means adding a module and a config file.
+
+Losses whose adapter takes ``duplicate_captions`` (`supports_duplicate_captions`: CLIP, ConVIRT,
+CyCLIP, SigLIP, SLIP, DeCLIP, VSE++) can treat pairs with identical normalised captions in the
+global batch as positives (`config.loss.duplicate_captions=True`; the targets are defined in
+`clip`, the caption hash comes from the input pipeline through `outputs.caption_hash`); for the
+others that field fails at start-up.
 """
 
 import dataclasses
@@ -56,16 +62,29 @@ PRODUCED_BY = {
     "mlm_logits": "config.model.mlm_head and config.data.mlm.enabled",
     "mlm_labels": "config.data.mlm.enabled",
     "mlm_weights": "config.data.mlm.enabled",
+    "caption_hash": ("config.loss.duplicate_captions=False, or train on the input pipeline's "
+                     "batches (data.pipeline.BatchLoader adds it)"),
 }
 
 _TOKENS = {"image_token_emb", "text_token_emb"}
+
+
+def _captions(duplicate_captions: bool = False, **_: Any) -> set[str]:
+    return clip.caption_outputs(duplicate_captions)
+
+
 #: `(**config.loss) -> fields` for the methods that read optional outputs.
 REQUIRED_OUTPUTS: dict[str, Callable[..., set[str]]] = {
+    "clip": _captions,
+    "convirt": _captions,
+    "cyclip": _captions,
     "declip": declip.required_outputs,
     "filip": lambda **_: _TOKENS,
     "gloria": lambda **_: _TOKENS,
-    "siglip": lambda **_: {"logit_bias"},
+    "siglip": lambda duplicate_captions=False, **_: (
+        {"logit_bias"} | clip.caption_outputs(duplicate_captions)),
     "slip": slip.required_outputs,
+    "vse": _captions,
 }
 
 
@@ -92,10 +111,24 @@ def takes_mesh(loss_fn: LossFn) -> bool:
     return "mesh" in inspect.signature(loss_fn).parameters
 
 
+def supports_duplicate_captions(method: str) -> bool:
+    """Whether the method's loss has duplicate-caption targets (`config.loss.duplicate_captions`,
+    see `medclip_jax.losses.clip`)."""
+    return "duplicate_captions" in inspect.signature(get_loss(method)).parameters
+
+
 def check_loss_kwargs(method: str, kwargs: Mapping[str, Any]) -> None:
     """`config.loss` must hold only arguments the method's loss accepts."""
     if "mesh" in kwargs:
         raise UserError("config.loss.mesh: the mesh comes from config.mesh, not config.loss")
+    if "duplicate_captions" in kwargs:
+        if not supports_duplicate_captions(method):
+            supported = sorted(m for m in REGISTRY if supports_duplicate_captions(m))
+            raise UserError(f"config.loss.duplicate_captions: method {method!r} has no "
+                            f"duplicate-caption targets; methods that do: {supported}")
+        if not isinstance(kwargs["duplicate_captions"], bool):
+            raise UserError(f"config.loss.duplicate_captions must be True or False, got "
+                            f"{kwargs['duplicate_captions']!r}")
     leading = (None, None) if method in STATEFUL else (None,)
     try:
         inspect.signature(get_loss(method)).bind(*leading, **kwargs)

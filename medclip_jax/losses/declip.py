@@ -50,6 +50,12 @@ batch); its queue starts filled with random unit vectors, which can be picked as
 ours starts empty with a validity mask; its enqueue drops the part of a batch that would run
 past the end of the queue, ours wraps around; its MLM loss is a mean of per-device means, ours
 is the mean over all real predictions of the global batch (the same on any device count).
+
+Duplicate captions (``config.loss.duplicate_captions=True``, off by default): every
+image-text InfoNCE term (L_CLIP, each L_MVS pair, each l(I, NN(T)) of L_NNS) takes the
+multi-positive targets of `clip.clip_loss`: pairs i, j with identical captions (equal caption
+hashes) are positives, the target uniform over them. A text view, and the neighbour of a text,
+keep the caption of the pair they come from. ISS and TSS have no image-text pairs and stay.
 """
 
 from typing import Any, Mapping
@@ -58,7 +64,8 @@ import jax
 import jax.numpy as jnp
 
 from medclip_jax.errors import UserError
-from medclip_jax.losses.clip import clip_loss, l2_normalize
+from medclip_jax.losses.clip import (caption_outputs, caption_positives, clip_loss,
+                                     l2_normalize, multi_positive_nll)
 
 MVS_PAIRS = ("all", "extra")
 NNS_VIEWS = ("all", "clip")
@@ -93,12 +100,13 @@ def check_knobs(clip_weight: float, mvs_weight: float, iss_weight: float, tss_we
 
 def required_outputs(clip_weight: float = 0.0, mvs_weight: float = 0.4, iss_weight: float = 0.2,
                      tss_weight: float = 0.2, nns_weight: float = 0.2, mvs_pairs: str = "all",
-                     nns_views: str = "all", queue_size: int = DEFAULT_QUEUE_SIZE) -> set[str]:
+                     nns_views: str = "all", queue_size: int = DEFAULT_QUEUE_SIZE,
+                     duplicate_captions: bool = False) -> set[str]:
     """The `EncoderOutputs` fields the loss reads with these knobs: the model need compute
     only these."""
     knobs = {"mvs_weight": mvs_weight, "iss_weight": iss_weight, "tss_weight": tss_weight,
              "nns_weight": nns_weight}
-    needed = {"image_emb", "text_emb", "logit_scale"}
+    needed = {"image_emb", "text_emb", "logit_scale"} | caption_outputs(duplicate_captions)
     for knob, fields in TERM_INPUTS.items():
         if knobs[knob] > 0:
             needed |= set(fields)
@@ -139,9 +147,10 @@ def stack_views(first: jax.Array, extra: jax.Array | None) -> jax.Array:
 
 
 def multi_view_loss(images: jax.Array, texts: jax.Array, logit_scale: jax.Array,
-                    mvs_pairs: str = "all") -> jax.Array:
-    """L_MVS over `images` [N, A, E] x `texts` [N, B, E] view pairs (see the module doc)."""
-    pair_losses = [clip_loss(images[:, a], texts[:, b], logit_scale)[0]
+                    mvs_pairs: str = "all", positives: jax.Array | None = None) -> jax.Array:
+    """L_MVS over `images` [N, A, E] x `texts` [N, B, E] view pairs (see the module doc);
+    `positives`: the same-caption mask (None = the diagonal)."""
+    pair_losses = [clip_loss(images[:, a], texts[:, b], logit_scale, positives)[0]
                    for a in range(images.shape[1]) for b in range(texts.shape[1])]
     if mvs_pairs == "all":
         return sum(pair_losses) / len(pair_losses)
@@ -156,20 +165,20 @@ def nearest_neighbours(queries: jax.Array, queue: jax.Array, valid: jax.Array) -
     return queue[index]
 
 
-def image_to_text_infonce(images: jax.Array, texts: jax.Array, logit_scale: jax.Array
-                          ) -> jax.Array:
-    """-1/N sum_i log softmax_j(s <I_i, T_j>)_ii, rows normalised here."""
+def image_to_text_infonce(images: jax.Array, texts: jax.Array, logit_scale: jax.Array,
+                          positives: jax.Array | None = None) -> jax.Array:
+    """-1/N sum_i log softmax_j(s <I_i, T_j>)_ii, rows normalised here; with `positives`
+    (same-caption mask) the target of row i is uniform over its positives."""
     logits = logit_scale.astype(jnp.float32) * l2_normalize(images) @ l2_normalize(texts).T
-    diagonal = jnp.arange(logits.shape[0])
-    return -jnp.mean(jax.nn.log_softmax(logits, axis=1)[diagonal, diagonal])
+    return multi_positive_nll(logits, positives, axis=1)
 
 
 def nns_loss(images: jax.Array, texts: jax.Array, logit_scale: jax.Array, queue: jax.Array,
-             valid: jax.Array) -> jax.Array:
+             valid: jax.Array, positives: jax.Array | None = None) -> jax.Array:
     """L_NNS, the mean over `images` [N, A, E] x neighbours of `texts` [N, B, E]; 0 (and no
     gradient) while the queue has no valid entry."""
     neighbours = [nearest_neighbours(texts[:, b], queue, valid) for b in range(texts.shape[1])]
-    losses = [image_to_text_infonce(images[:, a], nn_texts, logit_scale)
+    losses = [image_to_text_infonce(images[:, a], nn_texts, logit_scale, positives)
               for a in range(images.shape[1]) for nn_texts in neighbours]
     return jnp.where(jnp.any(valid), sum(losses) / len(losses), 0.0)
 
@@ -186,14 +195,16 @@ def declip_loss_from_outputs(outputs, method_state: Mapping[str, Any] | None, *,
                              clip_weight: float = 0.0, mvs_weight: float = 0.4,
                              iss_weight: float = 0.2, tss_weight: float = 0.2,
                              nns_weight: float = 0.2, mvs_pairs: str = "all",
-                             nns_views: str = "all", queue_size: int = DEFAULT_QUEUE_SIZE
+                             nns_views: str = "all", queue_size: int = DEFAULT_QUEUE_SIZE,
+                             duplicate_captions: bool = False
                              ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Registry adapter. `method_state` is the queue (`declip_init_state`), read only when
     `nns_weight > 0`; outputs of switched-off terms are never read."""
     check_knobs(clip_weight, mvs_weight, iss_weight, tss_weight, nns_weight, mvs_pairs,
                 nns_views, queue_size)
     scale = outputs.logit_scale
-    plain, metrics = clip_loss(outputs.image_emb, outputs.text_emb, scale)
+    positives = caption_positives(outputs, duplicate_captions)
+    plain, metrics = clip_loss(outputs.image_emb, outputs.text_emb, scale, positives)
     metrics = {**metrics, "clip_loss": plain}
     loss = clip_weight * plain
 
@@ -205,7 +216,7 @@ def declip_loss_from_outputs(outputs, method_state: Mapping[str, Any] | None, *,
 
     if mvs_weight > 0:
         images, texts = views("mvs_weight", True)
-        metrics["mvs_loss"] = multi_view_loss(images, texts, scale, mvs_pairs)
+        metrics["mvs_loss"] = multi_view_loss(images, texts, scale, mvs_pairs, positives)
         loss = loss + mvs_weight * metrics["mvs_loss"]
     if iss_weight > 0:
         metrics["iss_loss"] = simsiam_loss(_field(outputs, "simsiam_p", "iss_weight"),
@@ -223,7 +234,7 @@ def declip_loss_from_outputs(outputs, method_state: Mapping[str, Any] | None, *,
             raise UserError(f"config.loss.queue_size={queue_size} but the method state holds a "
                             f"queue of {queue.shape[0]} (restored from another config?)")
         images, texts = views("nns_weight", nns_views == "all")
-        metrics["nns_loss"] = nns_loss(images, texts, scale, queue, valid)
+        metrics["nns_loss"] = nns_loss(images, texts, scale, queue, valid, positives)
         metrics["nns_queue_fill"] = jnp.mean(valid.astype(jnp.float32))
         loss = loss + nns_weight * metrics["nns_loss"]
     return loss, metrics

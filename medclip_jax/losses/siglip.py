@@ -25,6 +25,17 @@ Two implementations, chosen by ``implementation`` (``config.loss.implementation`
   travelling block returns to its owner through the transpose of ``ppermute``.
 
 Both return the same loss, gradients and metrics (up to float32 summation order).
+
+Duplicate captions (``config.loss.duplicate_captions=True``, off by default): a pair whose
+captions are identical after normalisation (equal caption hashes h, `clip.same_caption`) is a
+positive, not a negative:
+
+    z_ij = 1 if h_i == h_j else -1          (h_i == h_i, so the diagonal stays positive)
+
+Every pair is scored by its caption keys: the hashes, or each row's global index when the option
+is off (which gives z_ij = 1 iff i == j). In the ring the texts' keys travel with the text
+blocks, so a block off the diagonal can hold positives too and 1 and N devices agree. The
+metrics average over the actual positive / negative pairs.
 """
 
 from typing import Any
@@ -35,7 +46,7 @@ import numpy as np
 from jax.sharding import AbstractMesh, Mesh, PartitionSpec as P
 
 from medclip_jax.errors import UserError
-from medclip_jax.losses.clip import l2_normalize
+from medclip_jax.losses.clip import l2_normalize, read_caption_hash, same_caption
 from medclip_jax.sharding import BATCH_AXES
 
 IMPLEMENTATIONS = ("global", "ring")
@@ -47,40 +58,48 @@ def _logits(image: jax.Array, text: jax.Array, logit_scale: jax.Array,
 
 
 def _block_sums(image: jax.Array, text: jax.Array, logit_scale: jax.Array,
-                logit_bias: jax.Array, has_positives: bool
-                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """Summed negative log-likelihood of one [b_img, b_txt] block, plus logit sums for metrics.
-
-    `has_positives`: the block pairs each image with its own text on the diagonal.
-    """
+                logit_bias: jax.Array, image_keys: jax.Array, text_keys: jax.Array
+                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    """Summed negative log-likelihood of one [b_img, b_txt] block, plus (logit sum, positive
+    logit sum, positive count) for the metrics. A pair is positive when its keys are equal."""
     logits = _logits(image, text, logit_scale, logit_bias)
-    if has_positives:
-        signs = 2.0 * jnp.eye(*logits.shape, dtype=logits.dtype) - 1.0
-        positive_sum = jnp.trace(logits)
-    else:
-        signs = -1.0
-        positive_sum = jnp.zeros((), logits.dtype)
-    nll = -jnp.sum(jax.nn.log_sigmoid(signs * logits))
-    return nll, (jax.lax.stop_gradient(jnp.sum(logits)), jax.lax.stop_gradient(positive_sum))
+    positives = same_caption(image_keys, text_keys)
+    nll = -jnp.sum(jax.nn.log_sigmoid(jnp.where(positives, logits, -logits)))
+    sums = (jnp.sum(logits), jnp.sum(jnp.where(positives, logits, 0.0)),
+            jnp.sum(positives, dtype=jnp.float32))
+    return nll, jax.lax.stop_gradient(sums)
 
 
-def _metrics(n: int, logit_sum: jax.Array, positive_sum: jax.Array,
+def _pair_keys(n: int, caption_hash: jax.Array | None) -> jax.Array:
+    """[N, W] int32 keys, equal for positive pairs: the caption hashes, else the row index."""
+    if caption_hash is None:
+        return jnp.arange(n, dtype=jnp.int32)[:, None]
+    if caption_hash.shape[0] != n:
+        raise UserError(f"caption_hash has {caption_hash.shape[0]} rows for a batch of {n}")
+    return caption_hash.astype(jnp.int32)
+
+
+def _metrics(n: int, logit_sum: jax.Array, positive_sum: jax.Array, positive_count: jax.Array,
              logit_bias: jax.Array) -> dict[str, jax.Array]:
     """Mean positive and negative logits: whether the bias has pushed negatives below zero."""
-    return {"positive_logit": positive_sum / n,
-            "negative_logit": (logit_sum - positive_sum) / max(n * n - n, 1),
+    return {"positive_logit": positive_sum / positive_count,
+            "negative_logit": (logit_sum - positive_sum) / jnp.maximum(n * n - positive_count,
+                                                                       1.0),
             "logit_bias": jax.lax.stop_gradient(logit_bias)}
 
 
 def siglip_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
-                logit_bias: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Sigmoid loss over the full [N, N] logits. Embeddings [N, E] (normalised here)."""
+                logit_bias: jax.Array, caption_hash: jax.Array | None = None
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Sigmoid loss over the full [N, N] logits. Embeddings [N, E] (normalised here);
+    `caption_hash` [N, 2]: identical captions are positives (None: only the diagonal)."""
     image, text = l2_normalize(image_emb), l2_normalize(text_emb)
     scale = jnp.asarray(logit_scale, jnp.float32)
     bias = jnp.asarray(logit_bias, jnp.float32)
     n = image.shape[0]
-    nll, (logit_sum, positive_sum) = _block_sums(image, text, scale, bias, has_positives=True)
-    return nll / n, _metrics(n, logit_sum, positive_sum, bias)
+    keys = _pair_keys(n, caption_hash)
+    nll, sums = _block_sums(image, text, scale, bias, keys, keys)
+    return nll / n, _metrics(n, *sums, bias)
 
 
 def _resolve_mesh(mesh: Mesh | AbstractMesh | None) -> Mesh | AbstractMesh:
@@ -98,11 +117,13 @@ def _resolve_mesh(mesh: Mesh | AbstractMesh | None) -> Mesh | AbstractMesh:
 
 
 def siglip_ring_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
-                     logit_bias: jax.Array, mesh: Mesh | AbstractMesh | None = None
+                     logit_bias: jax.Array, mesh: Mesh | AbstractMesh | None = None,
+                     caption_hash: jax.Array | None = None
                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Sigmoid loss as a ring over the batch axes of `mesh` (None: the context mesh).
 
-    Equal in value and gradients to `siglip_loss`; the per-device logits are [b, b].
+    Equal in value and gradients to `siglip_loss`; the per-device logits are [b, b]. The text
+    blocks carry their keys (`caption_hash`, else the row index) around the ring.
     """
     mesh = _resolve_mesh(mesh)
     num_shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
@@ -112,40 +133,44 @@ def siglip_ring_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax
                         f"images and texts and divisible by the {num_shards} batch shards of "
                         f"the mesh for config.loss.implementation='ring'")
     to_next = [(i, (i + 1) % num_shards) for i in range(num_shards)]
-    own_block = jax.checkpoint(lambda x, y, t, b: _block_sums(x, y, t, b, has_positives=True))
-    other_block = jax.checkpoint(lambda x, y, t, b: _block_sums(x, y, t, b, has_positives=False))
+    block = jax.checkpoint(_block_sums)
 
-    def per_device(image, text, scale, bias):
+    def per_device(image, text, scale, bias, keys):
         image, text = l2_normalize(image), l2_normalize(text)
-        nll, (logit_sum, positive_sum) = own_block(image, text, scale, bias)
+        nll, sums = block(image, text, scale, bias, keys, keys)
 
         def visit_next_block(carry, _):
-            text, nll, logit_sum = carry
-            text = jax.lax.ppermute(text, BATCH_AXES, to_next)
-            block_nll, (block_logit_sum, _) = other_block(image, text, scale, bias)
-            return (text, nll + block_nll, logit_sum + block_logit_sum), None
+            text, text_keys, nll, sums = carry
+            text, text_keys = jax.lax.ppermute((text, text_keys), BATCH_AXES, to_next)
+            block_nll, block_sums = block(image, text, scale, bias, keys, text_keys)
+            return (text, text_keys, nll + block_nll,
+                    jax.tree.map(jnp.add, sums, block_sums)), None
 
-        (_, nll, logit_sum), _ = jax.lax.scan(
-            visit_next_block, (text, nll, logit_sum), length=num_shards - 1)
-        return jax.lax.psum((nll, logit_sum, positive_sum), BATCH_AXES)
+        (_, _, nll, sums), _ = jax.lax.scan(
+            visit_next_block, (text, keys, nll, sums), length=num_shards - 1)
+        return jax.lax.psum((nll, sums), BATCH_AXES)
 
-    ring = jax.shard_map(per_device, mesh=mesh, in_specs=(P(BATCH_AXES), P(BATCH_AXES), P(), P()),
+    batch = P(BATCH_AXES)
+    ring = jax.shard_map(per_device, mesh=mesh, in_specs=(batch, batch, P(), P(), batch),
                          out_specs=P())
     bias = jnp.asarray(logit_bias, jnp.float32)
-    nll, logit_sum, positive_sum = ring(image_emb, text_emb,
-                                        jnp.asarray(logit_scale, jnp.float32), bias)
-    return nll / n, _metrics(n, logit_sum, positive_sum, bias)
+    nll, sums = ring(image_emb, text_emb, jnp.asarray(logit_scale, jnp.float32), bias,
+                     _pair_keys(n, caption_hash))
+    return nll / n, _metrics(n, *sums, bias)
 
 
-def siglip_loss_from_outputs(outputs: Any, implementation: str = "global", *,
+def siglip_loss_from_outputs(outputs: Any, implementation: str = "global",
+                             duplicate_captions: bool = False, *,
                              mesh: Mesh | AbstractMesh | None = None
                              ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Registry adapter. "ring" runs on `mesh` (the train step passes its own, see
-    `losses.bind_loss`), or on the `jax.set_mesh` context mesh when none is given."""
+    `losses.bind_loss`), or on the `jax.set_mesh` context mesh when none is given.
+    `duplicate_captions`: identical captions (`outputs.caption_hash`) are positives."""
     if implementation not in IMPLEMENTATIONS:
         raise UserError(f"config.loss.implementation must be one of {IMPLEMENTATIONS}, "
                         f"got {implementation!r}")
     args = (outputs.image_emb, outputs.text_emb, outputs.logit_scale, outputs.logit_bias)
+    hashes = read_caption_hash(outputs, duplicate_captions)
     if implementation == "ring":
-        return siglip_ring_loss(*args, mesh=mesh)
-    return siglip_loss(*args)
+        return siglip_ring_loss(*args, mesh=mesh, caption_hash=hashes)
+    return siglip_loss(*args, caption_hash=hashes)

@@ -13,13 +13,18 @@ Each of the 2N samples has one positive and 2N - 2 negatives (itself excluded). 
 tau = 0.1 and c = 1 (``ssl_temperature``, ``ssl_weight``). N is the global batch: under
 `jax.jit` with batch-sharded views every sample sees all 2N - 2 negatives whatever the device
 count, as in the paper's all-gather.
+
+Duplicate captions (``config.loss.duplicate_captions=True``, off by default): L_CLIP takes the
+multi-positive targets of `clip.clip_loss` (see `medclip_jax.losses.clip`); L_SSL, whose pairs
+are image views, stays as it is.
 """
 
 import jax
 import jax.numpy as jnp
 
 from medclip_jax.errors import UserError
-from medclip_jax.losses.clip import clip_loss, l2_normalize
+from medclip_jax.losses.clip import (caption_outputs, caption_positives, clip_loss,
+                                     l2_normalize)
 
 
 def check_knobs(ssl_temperature: float, ssl_weight: float) -> None:
@@ -44,11 +49,12 @@ def nt_xent_loss(view_a: jax.Array, view_b: jax.Array, temperature: float
 
 
 def slip_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
-              ssl_emb: jax.Array | None, ssl_temperature: float = 0.1, ssl_weight: float = 1.0
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """CLIP + ssl_weight * NT-Xent. `ssl_emb`: [N, 2, D]; unused (may be None) at weight 0."""
+              ssl_emb: jax.Array | None, ssl_temperature: float = 0.1, ssl_weight: float = 1.0,
+              positives: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """CLIP + ssl_weight * NT-Xent. `ssl_emb`: [N, 2, D]; unused (may be None) at weight 0.
+    `positives`: the CLIP term's same-caption mask (None = the diagonal)."""
     check_knobs(ssl_temperature, ssl_weight)
-    contrastive, metrics = clip_loss(image_emb, text_emb, logit_scale)
+    contrastive, metrics = clip_loss(image_emb, text_emb, logit_scale, positives)
     metrics = {**metrics, "clip_loss": contrastive}
     if ssl_weight == 0:
         return contrastive, metrics
@@ -59,16 +65,18 @@ def slip_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array,
     return contrastive + ssl_weight * ssl, {**metrics, **ssl_metrics, "ssl_loss": ssl}
 
 
-def required_outputs(ssl_temperature: float = 0.1, ssl_weight: float = 1.0) -> set[str]:
+def required_outputs(ssl_temperature: float = 0.1, ssl_weight: float = 1.0,
+                     duplicate_captions: bool = False) -> set[str]:
     """The `EncoderOutputs` fields the loss reads with these knobs: the model need compute
     only these."""
-    needed = {"image_emb", "text_emb", "logit_scale"}
+    needed = {"image_emb", "text_emb", "logit_scale"} | caption_outputs(duplicate_captions)
     return needed | {"ssl_emb"} if ssl_weight > 0 else needed
 
 
-def slip_loss_from_outputs(outputs, ssl_temperature: float = 0.1, ssl_weight: float = 1.0
+def slip_loss_from_outputs(outputs, ssl_temperature: float = 0.1, ssl_weight: float = 1.0,
+                           duplicate_captions: bool = False
                            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Registry adapter; reads `outputs.ssl_emb` only when `ssl_weight > 0`."""
     ssl_emb = outputs.ssl_emb if ssl_weight > 0 else None
     return slip_loss(outputs.image_emb, outputs.text_emb, outputs.logit_scale, ssl_emb,
-                     ssl_temperature, ssl_weight)
+                     ssl_temperature, ssl_weight, caption_positives(outputs, duplicate_captions))

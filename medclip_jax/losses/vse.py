@@ -12,30 +12,36 @@ The hardest negative is taken over the whole global batch. ``reduction = "mean"`
 averages l_i over the batch, which keeps the loss scale independent of the batch size;
 ``reduction = "sum"`` sums it, as the authors' released code does. The model's logit scale is
 not used.
+
+Duplicate captions (``config.loss.duplicate_captions=True``, off by default): a pair whose
+captions are identical (equal caption hashes, `clip.same_caption`) is not a negative, so the
+max / sum above runs over j with h_j != h_i instead of j != i; the positive stays s(i_i, t_i).
+Without duplicates that is the plain loss.
 """
 
 import jax
 import jax.numpy as jnp
 
 from medclip_jax.errors import UserError
-from medclip_jax.losses.clip import l2_normalize
+from medclip_jax.losses.clip import caption_positives, l2_normalize
 
 
 REDUCTIONS = ("mean", "sum")
 
 
 def vse_loss(image_emb: jax.Array, text_emb: jax.Array, margin: float = 0.2,
-             max_violation: bool = True, reduction: str = "mean"
-             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+             max_violation: bool = True, reduction: str = "mean",
+             positives: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`positives`: [N, N] bool same-caption mask, excluded from the negatives (None: the
+    diagonal)."""
     if reduction not in REDUCTIONS:
         raise UserError(f"config.loss.reduction must be one of {REDUCTIONS}, got {reduction!r}")
     scores = l2_normalize(image_emb) @ l2_normalize(text_emb).T
     positive = jnp.diagonal(scores)
-    off_diagonal = ~jnp.eye(scores.shape[0], dtype=bool)
-    cost_text = jnp.where(off_diagonal, jnp.maximum(0.0, margin - positive[:, None] + scores),
-                          0.0)
-    cost_image = jnp.where(off_diagonal, jnp.maximum(0.0, margin - positive[None, :] + scores),
-                           0.0)
+    if positives is None:
+        positives = jnp.eye(scores.shape[0], dtype=bool)
+    cost_text = jnp.where(positives, 0.0, jnp.maximum(0.0, margin - positive[:, None] + scores))
+    cost_image = jnp.where(positives, 0.0, jnp.maximum(0.0, margin - positive[None, :] + scores))
     if max_violation:
         per_image, per_text = cost_text.max(axis=1), cost_image.max(axis=0)
     else:
@@ -46,5 +52,6 @@ def vse_loss(image_emb: jax.Array, text_emb: jax.Array, margin: float = 0.2,
 
 
 def vse_loss_from_outputs(outputs, margin: float = 0.2, max_violation: bool = True,
-                          reduction: str = "mean"):
-    return vse_loss(outputs.image_emb, outputs.text_emb, margin, max_violation, reduction)
+                          reduction: str = "mean", duplicate_captions: bool = False):
+    return vse_loss(outputs.image_emb, outputs.text_emb, margin, max_violation, reduction,
+                    caption_positives(outputs, duplicate_captions))

@@ -57,11 +57,14 @@ class EncoderOutputs:
     mlm_logits: jax.Array | None = None       # [B, P, K] at the masked positions
     mlm_labels: jax.Array | None = None       # [B, P] int32 original ids (from the batch)
     mlm_weights: jax.Array | None = None      # [B, P] int32, 1 = real prediction
+    caption_hash: jax.Array | None = None     # [B, 2] int32 caption digest (from the batch)
 
 
 #: Batch keys the model reads, besides `image`, `text_ids` and `text_mask`.
 OPTIONAL_INPUTS = ("image_views", "text_view_ids", "text_view_mask", "mlm_ids",
                    "mlm_positions", "mlm_labels", "mlm_weights")
+#: Batch keys only the loss reads: `apply_batch` copies them into the outputs unchanged.
+LOSS_INPUTS = ("caption_hash",)
 
 
 class MlpHead(nn.Module):
@@ -237,10 +240,12 @@ class DualEncoder(nn.Module):
 
     def apply_batch(self, batch: dict[str, jax.Array], *, train: bool = False
                     ) -> EncoderOutputs:
-        """The forward pass on a pipeline batch: passes on every model input it holds."""
+        """The forward pass on a pipeline batch: passes on every model input it holds, and
+        carries its loss inputs through to the outputs."""
         optional = {k: batch[k] for k in OPTIONAL_INPUTS if k in batch}
-        return self(batch["image"], batch["text_ids"], batch["text_mask"], **optional,
-                    train=train)
+        outputs = self(batch["image"], batch["text_ids"], batch["text_mask"], **optional,
+                       train=train)
+        return outputs.replace(**{k: batch[k] for k in LOSS_INPUTS if k in batch})
 
 
 def dummy_inputs(image_size: int, max_len: int, batch: int = 1
