@@ -406,3 +406,12 @@ def test_unsupported_method_fails_at_start_up(tiny_data_dir, tmp_path):
     config.loss = ml_collections.ConfigDict({"duplicate_captions": True})
     with pytest.raises(UserError, match=r"^config\.loss\.duplicate_captions: method 'filip'"):
         train.setup(config, str(tmp_path))
+
+
+def test_random_batches_carry_distinct_caption_hashes():
+    from medclip_jax.data import synthetic_batch
+    config = tiny_config("unused")
+    config.model.text.vocab_size = 100
+    batch = synthetic_batch.random_batch(config, 64)
+    assert batch["caption_hash"].shape == (64, 2) and batch["caption_hash"].dtype == np.int32
+    assert len({tuple(row) for row in batch["caption_hash"]}) == 64

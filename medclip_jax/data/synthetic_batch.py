@@ -33,4 +33,7 @@ def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int =
         batch["mlm_labels"] = rng.integers(3, vocab, size=(batch_size, predictions),
                                            dtype=np.int32)
         batch["mlm_weights"] = np.ones((batch_size, predictions), np.int32)
+    # Random texts: distinct captions (`config.loss.duplicate_captions` finds no duplicates).
+    batch["caption_hash"] = rng.integers(-2**31, 2**31, size=(batch_size, 2), dtype=np.int64
+                                         ).astype(np.int32)
     return batch
