@@ -201,9 +201,19 @@ def init_from_clip_folder(config: ml_collections.ConfigDict) -> None:
     config.data.tokenizer = "hf:" + folder
 
 
+def paper_data(config: ml_collections.ConfigDict) -> None:
+    """The benchmark's training data: the concatenation of the four corpora (~2.8M pairs,
+    weighted by size), every caption of an image kept (training samples one), validated on
+    ROCO."""
+    config.data.train_mixture = ("roco@radiology/train:size,pmc_oa@pmc_oa/train:size,"
+                                 "quilt_1m/train:size,mimic_cxr@frontal/train:size")
+    config.data.caption_field = "captions"
+    config.eval.split = "roco@radiology/validation"
+
+
 def apply_preset(config: ml_collections.ConfigDict, arg: str,
                  defaults: dict[str, str] | None = None) -> ml_collections.ConfigDict:
-    """Scale presets shared by every method's config file (demo, tiny, paper), then the
+    """Scale presets shared by every method's config file (demo, tiny, paper, rehearsal), then the
     ``lock`` / ``text`` options of `arg` (`defaults` for the ones it does not give)."""
     preset, options = parse_arg(arg, defaults)
     if preset == "demo":
@@ -214,7 +224,7 @@ def apply_preset(config: ml_collections.ConfigDict, arg: str,
         config.optim.learning_rate = 1e-3
         config.checkpoint.every_steps = 100
         config.eval.every_steps = 100
-    elif preset == "tiny":
+    elif preset in ("tiny", "rehearsal"):
         config.model = model_config("tiny")
         config.model.text.vocab_size = -1
         config.data.tokenizer = "bytes"
@@ -226,16 +236,16 @@ def apply_preset(config: ml_collections.ConfigDict, arg: str,
         config.checkpoint.every_steps = 2
         config.eval.every_steps = 4
         config.eval.max_examples = 32
+        if preset == "rehearsal":
+            # The paper's data at the tiny model's scale (scripts/rehearsal.sh), a few steps.
+            paper_data(config)
+            config.num_epochs = 100.0
+            config.max_steps = 4
     elif preset == "paper":
         config.model = model_config("base")
         # The benchmark starts from OpenAI CLIP ViT-B/16: --config.init.clip=/path/to/folder.
         init_from_clip_folder(config)
-        # The benchmark trains on the concatenation of the four corpora (~2.8M pairs); the
-        # builders keep every caption of an image, of which training samples one.
-        config.data.train_mixture = ("roco@radiology/train:size,pmc_oa@pmc_oa/train:size,"
-                                     "quilt_1m/train:size,mimic_cxr@frontal/train:size")
-        config.data.caption_field = "captions"
-        config.eval.split = "roco@radiology/validation"
+        paper_data(config)
         config.batch_size = 512
         config.num_epochs = 10.0
         config.optim.learning_rate = 5e-5
@@ -245,7 +255,8 @@ def apply_preset(config: ml_collections.ConfigDict, arg: str,
         config.eval.every_steps = 2000
         config.eval.max_examples = 5000
     else:
-        raise UserError(f"config preset: unknown preset {preset!r}; choose demo, tiny or paper")
+        raise UserError(f"config preset: unknown preset {preset!r}; choose demo, tiny, paper "
+                        f"or rehearsal")
     return apply_options(config, options)
 
 

@@ -10,6 +10,8 @@ Presets (``--config configs/clip.py:<preset>``):
   ROCO + PMC-OA + Quilt-1M + MIMIC-CXR mixture (built with ``data_prep``).
       python -m medclip_jax.main --config configs/clip.py:paper --workdir gs://.../clip \
           --config.data.data_dir=/path/to/tfds --config.data.tokenizer=hf:/path/to/clip
+* ``rehearsal``: the paper's data setup (four-corpus ``:size`` mixture, ``captions``, ROCO
+  validation) with the tiny model for 4 steps: ``scripts/rehearsal.sh``.
 
 ``--config.loss.duplicate_captions=True``: pairs with identical (normalised) captions are
 positives, the InfoNCE targets uniform over them (``medclip_jax/losses/clip.py``);

@@ -17,7 +17,7 @@ import ml_collections
 
 from configs import base
 
-QUEUE_SIZES = {"tiny": 128, "demo": 4096, "paper": 65536}
+QUEUE_SIZES = {"tiny": 128, "rehearsal": 128, "demo": 4096, "paper": 65536}
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

@@ -4,7 +4,8 @@
 
 Presets: ``demo`` (the synthetic dataset's test split), ``tiny`` (the tiny synthetic build),
 ``paper`` (the benchmark's 19 classification test sets and the four corpora's retrieval test
-splits, as built by ``python -m data_prep.build``; every one must be built).
+splits, as built by ``python -m data_prep.build``; every one must be built), ``rehearsal``
+(``paper``'s tasks with ``tiny``'s settings and ``suite.strict``: scripts/rehearsal.sh).
 Dataset specs use the same ``name[@config]/split`` convention as the training mixture.
 
 Fields:
@@ -30,7 +31,7 @@ Fields:
   linear_probe.*  `evals/linear_probe.py` (see that module): datasets, the L2 sweep, k-shot.
   vqa.*           `evals/vqa.py` (see that module): datasets, fusion head and its training.
   suite.*         `evals/run_suite.py`: which evaluations run (zero_shot, retrieval,
-                  linear_probe, vqa).
+                  linear_probe, vqa); ``strict``: a skipped dataset fails the run too.
 """
 
 import ml_collections
@@ -51,7 +52,15 @@ PAPER_CLASSIFICATION = (
 ) + tuple(f"medmnist@{name}/test" for name in MEDMNIST)
 
 
+PRESETS = ("demo", "tiny", "paper", "rehearsal")
+
+
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    if arg not in PRESETS:
+        raise UserError(f"config preset: unknown eval preset {arg!r}; choose "
+                        f"{', '.join(PRESETS)}")
+    if arg == "rehearsal":
+        return rehearsal_config()
     config = ml_collections.ConfigDict()
     config.data_dir = ""
     config.output_dir = ""
@@ -69,6 +78,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.vqa = vqa_config(arg)
     config.suite = ml_collections.ConfigDict()
     config.suite.evaluations = ("zero_shot", "retrieval", "linear_probe", "vqa")
+    config.suite.strict = False
     if arg == "demo":
         config.zero_shot.datasets = ("synthetic_medical/test",)
         config.retrieval.datasets = ("synthetic_medical/test",)
@@ -81,9 +91,18 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         # + MIMIC-CXR's multi-label CheXpert task (per-finding AUROC with prompt pairs).
         config.zero_shot.datasets = PAPER_CLASSIFICATION + ("mimic_cxr@frontal/test",)
         config.retrieval.datasets = PAPER_RETRIEVAL
-    else:
-        raise UserError(f"config preset: unknown eval preset {arg!r}; choose demo, tiny or "
-                        f"paper")
+    return config
+
+
+def rehearsal_config() -> ml_collections.ConfigDict:
+    """Every task of ``paper`` with the ``tiny`` settings (small heads, short fits): the
+    benchmark's rehearsal on miniature releases (scripts/rehearsal.sh)."""
+    config, paper = get_config("tiny"), get_config("paper")
+    config.zero_shot.datasets = paper.zero_shot.datasets
+    config.retrieval.datasets = paper.retrieval.datasets
+    config.linear_probe.datasets = paper.linear_probe.datasets
+    config.vqa.datasets = paper.vqa.datasets
+    config.suite.strict = True
     return config
 
 

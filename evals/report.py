@@ -9,7 +9,8 @@ from its per-binary files (the latest step of each). One folder is one run, name
 train config's method (plus the image-tower lock when it is frozen), or as `--names` says;
 runs named there come first, in that order, the others sorted by name. Writes
 `<output_dir>/report.md`, `summary.json` and the PNGs it links. See
-`medclip_jax/evaluation/report.py` for the tables' definitions.
+`medclip_jax/evaluation/report.py` for the tables' definitions. `--require_complete` makes a
+gap (a task one run has and another lacks, or a skipped evaluation) exit 2 after writing.
 """
 
 import json
@@ -20,6 +21,7 @@ from typing import Any
 from absl import app, flags
 
 from medclip_jax import cli
+from medclip_jax.errors import UserError
 from medclip_jax.evaluation import report
 
 flags.DEFINE_multi_string("results", None, "Glob pattern(s) of results files, eval folders or "
@@ -28,6 +30,8 @@ flags.DEFINE_string("output_dir", "reports/benchmark", "Where report.md and the 
 flags.DEFINE_string("names", "", "Comma-separated name=path (workdir, eval folder or results "
                     "file): column names, in this order.")
 flags.DEFINE_bool("plots", True, "Write the PNG plots.")
+flags.DEFINE_bool("require_complete", False, "Fail (exit 2) after writing the report when a "
+                  "run lacks a result another run has, or a run skipped an evaluation.")
 
 FLAGS = flags.FLAGS
 
@@ -62,6 +66,18 @@ def run() -> None:
     print(f"{report.average_table(bench)}\n\n{report.rank_table(bench)}\n\n"
           f"report of {len(runs)} runs written to {path} "
           f"({sum(len(v) for v in plots.values())} plots)", flush=True)
+    if FLAGS.require_complete:
+        check_complete(bench)
+
+
+def check_complete(bench: report.Benchmark) -> None:
+    """--require_complete: every run has every task's result and skipped nothing."""
+    gaps = [f"{r.name} skipped {s.get('evaluation')} {s.get('dataset')}"
+            for r in bench.runs for s in r.skipped]
+    gaps += [f"{run} lacks {family} {task}" for family, task, run in report.missing_cells(bench)]
+    if gaps:
+        raise UserError(f"--require_complete: {len(gaps)} gap(s): {'; '.join(gaps[:10])}"
+                        + (" ..." if len(gaps) > 10 else ""))
 
 
 def main(argv):

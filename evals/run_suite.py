@@ -15,6 +15,9 @@ with a config naming one dataset at a time. Nothing missing is fatal:
 * a dataset whose evaluation fails with a user error (e.g. no zero-shot tasks in its metadata)
   is listed with the message, the others still run; the command then exits non-zero.
 
+With ``config.suite.strict`` (the ``rehearsal`` preset) a skipped dataset also makes the
+command exit non-zero once everything else has run: the benchmark is complete or it fails.
+
 Presets: ``configs/eval.py:paper`` is the benchmark's 25 tasks (19 classification test sets for
 zero-shot and linear probe, 4 retrieval corpora, 2 VQA sets), each run where it is built in
 the data_dir and skipped otherwise; ``:demo`` (and ``:tiny``) are the synthetic dataset's.
@@ -208,11 +211,20 @@ def run_suite(loaded: runner.LoadedModel, data_dir: str, config: ml_collections.
         print(f"[suite] {name}: {suite['seconds'][name]:.1f} s", flush=True)
     suite["complete"] = True
     path = write(output_dir, suite)
+    if config.suite.get("strict", False) and suite["skipped"] and not failures:
+        print(summary(suite), flush=True)
+        raise UserError(f"config.suite.strict: {len(suite['skipped'])} evaluation(s) skipped "
+                        f"({'; '.join(skip_names(suite))}); the reasons are under 'skipped' "
+                        f"in {path}")
     if failures:
         print(summary(suite), flush=True)
         raise UserError(f"{len(failures)} evaluation(s) failed ({'; '.join(failures)}); the "
                         f"others are in {path}, the reasons under 'skipped'")
     return suite, path
+
+
+def skip_names(suite: dict[str, Any]) -> list[str]:
+    return [f"{s['evaluation']} {s['dataset'] or '(no dataset)'}" for s in suite["skipped"]]
 
 
 def write(output_dir: str, suite: dict[str, Any]) -> str:

@@ -213,9 +213,9 @@ def test_features_are_cached_and_a_second_run_does_not_embed(tiny_data_dir, tiny
     calls = []
     real = runner.embed_split_images
 
-    def counting(loaded_model, data_dir, name, split, batch_size):
+    def counting(loaded_model, data_dir, name, split, batch_size, **kwargs):
         calls.append(split)
-        return real(loaded_model, data_dir, name, split, batch_size)
+        return real(loaded_model, data_dir, name, split, batch_size, **kwargs)
 
     monkeypatch.setattr(runner, "embed_split_images", counting)
     first = lp_eval.evaluate(loaded, tiny_data_dir, config, feature_cache)

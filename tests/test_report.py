@@ -331,6 +331,29 @@ def test_binary_writes_report(runs_dir, tmp_path):
     assert math.isfinite(summary["mean_rank"]["clip"]["mean"])
 
 
+def test_missing_cells_and_require_complete(runs_dir, tmp_path):
+    _, bench = load(runs_dir)
+    gaps = report.missing_cells(bench)
+    assert ("zero_shot", T2, "slip") in gaps and ("zero_shot", T2, "clip[lock=tower]") in gaps
+    assert ("zero_shot", T1, "clip") not in gaps
+    assert all(bench.score(run, family, task) is None for family, task, run in gaps)
+    out = tmp_path / "report"
+
+    def report_binary(results: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "evals.report", "--results", results, "--output_dir",
+             str(out), "--require_complete", "--noplots"],
+            cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+
+    gappy = report_binary(str(runs_dir / "*" / "eval" / "suite_step*.json"))
+    assert gappy.returncode == 2 and "--require_complete:" in gappy.stderr
+    assert "slip skipped linear_probe bach/test;" in gappy.stderr
+    assert "lacks zero_shot synthetic_medical/test:histopathology" in gappy.stderr
+    assert (out / "report.md").exists()
+    complete = report_binary(str(runs_dir / "clip" / "eval" / "suite_step*.json"))
+    assert complete.returncode == 0, complete.stderr[-2000:]
+
+
 def test_workdir_inputs_collisions_and_empty_runs(tmp_path):
     write_suite(tmp_path / "a", "clip", {"zero_shot": {T1: zs(0.5)}})
     write_suite(tmp_path / "b", "clip", {"zero_shot": {T1: zs(0.7)}}, step=10)

@@ -163,6 +163,23 @@ def test_a_failing_dataset_is_listed_and_the_others_still_run(loaded, workdir, d
                                 "questions")
 
 
+def test_strict_suite_fails_on_a_skipped_dataset_after_running_the_rest(loaded, workdir,
+                                                                       data_dir, tmp_path):
+    config = suite_config(data_dir)
+    config.suite.evaluations = ("retrieval",)
+    config.suite.strict = True
+    with pytest.raises(UserError, match=r"config.suite.strict: 1 evaluation\(s\) skipped "
+                                        r"\(retrieval synthetic_medical@tiny/nope\)"):
+        run_suite.run_suite(loaded, data_dir, config, str(tmp_path), workdir)
+    with open(tmp_path / "suite_step5.json", encoding="utf-8") as f:
+        on_disk = json.load(f)
+    assert set(on_disk["results"]["retrieval"]) == {"synthetic_medical@tiny/test",
+                                                    "mimic_cxr/validation"}
+    config.retrieval.datasets = ("synthetic_medical@tiny/test",)
+    suite, _ = run_suite.run_suite(loaded, data_dir, config, str(tmp_path), workdir)
+    assert not suite["skipped"]
+
+
 def test_unknown_evaluation_is_a_user_error(loaded, data_dir, tmp_path):
     config = suite_config(data_dir)
     config.suite.evaluations = ("zero_shot", "captioning")

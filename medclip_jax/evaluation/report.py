@@ -390,6 +390,13 @@ def build_benchmark(runs: Sequence[Run]) -> Benchmark:
     return Benchmark(list(runs), cells, tasks)
 
 
+def missing_cells(bench: Benchmark) -> list[tuple[str, str, str]]:
+    """(family, task, run) of every gap in the task x run tables: a task some run has a
+    primary result for and another run lacks."""
+    return [(family, task, name) for family, tasks in bench.tasks.items() for task in tasks
+            for name in bench.names if bench.score(name, family, task) is None]
+
+
 # ----------------------------------------------------------------------------- math
 
 def mean_or_none(values: Iterable[float | None]) -> float | None:
