@@ -5,66 +5,17 @@ pipeline, splits are disjoint)."""
 
 from __future__ import annotations
 
-import io
-import os
 from typing import Any, Iterable
 
 import numpy as np
-from PIL import Image
 
 from data_prep import build as build_lib
 from data_prep import core
+# The fixture images live with the miniature releases (data_prep.fixtures); re-exported here
+# for the builder tests.
+from data_prep.fixtures import (BAD_KINDS, GOOD_KINDS, image_bytes, pixels,  # noqa: F401
+                                write_image)
 from medclip_jax.data import pipeline, sources, tokenizers
-
-# Kinds that convert (with what they become) and kinds that are rejected (with the reason).
-GOOD_KINDS = ("rgb_jpeg", "grey_png", "png16", "cmyk_jpeg", "rgba_png", "palette_png", "tiff",
-              "large_jpeg")
-BAD_KINDS = {"truncated_jpeg": "corrupt", "garbage": "unreadable", "empty": "empty_file"}
-
-
-def pixels(seed: int, size: tuple[int, int] = (24, 20), channels: int = 3) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    shape = (size[1], size[0]) + ((channels,) if channels > 1 else ())
-    return rng.integers(0, 256, shape, dtype=np.uint8)
-
-
-def image_bytes(kind: str, seed: int = 0, size: tuple[int, int] = (24, 20)) -> bytes:
-    """Encoded bytes of one fixture image of `kind` (see GOOD_KINDS / BAD_KINDS)."""
-    out = io.BytesIO()
-    if kind == "rgb_jpeg":
-        Image.fromarray(pixels(seed, size)).save(out, format="JPEG", quality=90)
-    elif kind == "large_jpeg":
-        Image.fromarray(pixels(seed, (size[0] * 8, size[1] * 8))).save(out, format="JPEG")
-    elif kind == "grey_png":
-        Image.fromarray(pixels(seed, size, 1), "L").save(out, format="PNG")
-    elif kind == "png16":
-        Image.fromarray(pixels(seed, size, 1).astype(np.uint16) * 200).save(out, format="PNG")
-    elif kind == "cmyk_jpeg":
-        Image.fromarray(pixels(seed, size)).convert("CMYK").save(out, format="JPEG")
-    elif kind == "rgba_png":
-        Image.fromarray(pixels(seed, size, 4), "RGBA").save(out, format="PNG")
-    elif kind == "palette_png":
-        Image.fromarray(pixels(seed, size)).convert("P").save(out, format="PNG")
-    elif kind == "tiff":
-        Image.fromarray(pixels(seed, size)).save(out, format="TIFF")
-    elif kind == "truncated_jpeg":
-        Image.fromarray(pixels(seed, size)).save(out, format="JPEG")
-        return out.getvalue()[: len(out.getvalue()) // 2]
-    elif kind == "garbage":
-        return b"this is not an image" * 4
-    elif kind == "empty":
-        return b""
-    else:
-        raise ValueError(kind)
-    return out.getvalue()
-
-
-def write_image(path: str, kind: str = "rgb_jpeg", seed: int = 0,
-                size: tuple[int, int] = (24, 20)) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(image_bytes(kind, seed, size))
-    return path
 
 
 def run_build(spec: str, manual_dir: str, data_dir: str, max_image_side: int = 64,
