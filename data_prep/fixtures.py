@@ -3,13 +3,14 @@ layout, so the whole benchmark can be rehearsed (fixtures -> ``data_prep.build a
 training -> every evaluation -> report) in minutes, and so builder tests share one way of
 writing fixture images.
 
-    python -m data_prep.fixtures --out RAW [--seed N] [--roco_image_names roco_id|pmc]
+    python -m data_prep.fixtures --out RAW [--seed N] [--roco_image_names roco_id|pmc] \
+        [--planted planted.json]
 
 `write_release(root, seed)` writes ``root/<builder name>/`` for every builder: the folder and
 file names, table columns and file formats (CSV, gzipped CSV, JSON lines, JSON, xlsx, HDF5,
 npz, pickle, zip) are the publisher's, as each builder's docstring describes them. Sizes are
-as small as lets every evaluation produce a number: 24-40 px images (96 px PatchCamelyon
-patches, 28 px MedMNIST v2 arrays); every class at least twice in each classification split;
+as small as lets every evaluation produce a number: 24-40 px images (one larger ROCO figure
+to be downscaled, 96 px PatchCamelyon patches, 28 px MedMNIST v2 arrays); every class at least twice in each classification split;
 at least 8 test records per image-text corpus, some records sharing one caption (MIMIC-CXR,
 ROCO, PMC-OA); CheXpert positives, negatives, uncertain and blank values in MIMIC-CXR's
 test split; closed and open VQA questions in train and test, test answers seen in train.
@@ -230,7 +231,7 @@ def write_roco(root: str, seed: int, image_names: str = "roco_id") -> Planted:
     if image_names not in ("roco_id", "pmc"):
         raise ValueError(f"image_names must be roco_id or pmc, got {image_names!r}")
     planted: Planted = {}
-    name, kinds = "roco@radiology", ("rgb_jpeg", "grey_jpeg", "cmyk_jpeg", "large_jpeg")
+    name, kinds = "roco@radiology", ("rgb_jpeg", "grey_jpeg", "cmyk_jpeg")
     counter = iter(range(20, 10_000))
 
     def rows(count: int, subset: str, shared: int = 0) -> list[tuple[str, bytes, str | None]]:
@@ -245,6 +246,7 @@ def write_roco(root: str, seed: int, image_names: str = "roco_id") -> Planted:
 
     data = os.path.join(root, "data")
     train = rows(16, "radiology", shared=3)
+    train[3] = (*train[3][:2], "large_jpeg")  # a figure the build downscales
     train += [(f"ROCO_{next(counter):05d}", b"Axial CT of the chest.", kind)
               for kind in BAD_KINDS]
     train += [(f"ROCO_{next(counter):05d}", b"A figure fetch.py could not download.", None),
