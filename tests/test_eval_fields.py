@@ -193,10 +193,12 @@ def test_field_overrides_parse_and_check():
         fields.parse_overrides(("roco=caption",))
 
 
+@pytest.mark.parametrize("workdir", ["captions"], indirect=True)  # flags parse once a process
 def test_zero_shot_command_line_on_a_classification_build(data_dir, workdir, capsys,
                                                           monkeypatch):
-    """The user's command from the issue: `python -m evals.zero_shot --workdir W
-    --config.data_dir=D --config.zero_shot.datasets="('lc25000@lung/test',)"`, in-process."""
+    """The user's command from the issue, on the paper preset's caption field:
+    `python -m evals.zero_shot --workdir W --config.data_dir=D
+    --config.zero_shot.datasets="('lc25000@lung/test',)"`, in-process."""
     argv = ["zero_shot", f"--workdir={workdir}",
             f"--config={os.path.join(REPO_ROOT, 'configs', 'eval.py')}:tiny",
             f"--config.data_dir={data_dir}", f"--config.zero_shot.datasets=('{LUNG}/test',)"]
