@@ -105,6 +105,7 @@ _ADDENDUM_RULE = re.compile(r"^[ \t]*_{10,}[ \t]*$", re.MULTILINE)
 _TITLE = re.compile(r"^[ \t]*FINAL REPORT[ \t]*$", re.MULTILINE)
 _REPORT_MEMBER = re.compile(r"(?:^|/)p\d\d/p(\d+)/s(\d+)\.txt$")
 _ID = re.compile(r"^\d+$")
+_WORD = re.compile(r"[^\W_]")
 
 # Heading names (lower case, spaces collapsed) -> section kind.
 _IMPRESSION = {"conclusion", "impresson", "imprression", "imoression", "impressoin", "imprssion",
@@ -165,10 +166,16 @@ def split_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
     return text[:matches[0].start()], sections
 
 
+def has_words(text: str) -> bool:
+    """Whether text holds a letter or digit: de-identification leaves sections such as
+    "COMPARISON: ___." that hold nothing a caption can use."""
+    return _WORD.search(text) is not None
+
+
 def last_of(sections: list[tuple[str, str]], kind: str) -> str:
-    """The last non-empty section of `kind`, whitespace collapsed ("" if none)."""
+    """The last section of `kind` that has words, whitespace collapsed ("" if none)."""
     for name, body in reversed(sections):
-        if name == kind and core.clean_text(body):
+        if name == kind and has_words(body):
             return core.clean_text(body)
     return ""
 
@@ -198,6 +205,7 @@ def report_fields(text: str) -> dict[str, str]:
         caption, source = findings or impression, "findings" if findings else "impression"
     else:
         caption, source = fallback_caption(text, sections)
+        caption = caption if has_words(caption) else ""
     return {"caption": caption, "findings": findings, "impression": impression,
             "caption_source": source}
 

@@ -246,3 +246,15 @@ def test_missing_tables_and_reports_are_one_line_errors(tmp_path):
                            "mimic-cxr-reports.zip"))
     with pytest.raises(UserError, match="no MIMIC-CXR report found"):
         run_build("mimic_cxr", raw, tmp_path / "out2")
+
+
+def test_de_identified_placeholders_are_not_captions():
+    """"___" (MIMIC's de-identification mark) and punctuation are no caption: a report left
+    with only those is an empty caption (a reject), and a placeholder-only section is skipped."""
+    boilerplate = mimic_cxr.report_fields(
+        "FINAL REPORT\nEXAMINATION: CHEST (PA AND LAT)\n\nINDICATION: ___ with cough\n\n"
+        "COMPARISON: ___.\n")
+    assert boilerplate["caption"] == ""
+    fields = mimic_cxr.report_fields("FINDINGS: ___\n\nIMPRESSION: No acute process.\n")
+    assert fields["findings"] == "" and fields["caption"] == "No acute process."
+    assert fields["caption_source"] == "impression"
