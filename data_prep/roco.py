@@ -8,13 +8,18 @@ either directly or below a ``data/`` folder::
     {train,validation,test}/{radiology,non-radiology}/
         captions.txt    ROCO_00020<TAB> caption text
         dlinks.txt      ROCO_00020<TAB>wget -r ftp://.../PMC3498864.tar.gz -P ...<TAB>name.jpg
-        images/         PMC3498864_name.jpg   (fetch.py names files <PMCID>_<name>)
+        images/         ROCO_00020.jpg              fetch.py since January 2022
+                        PMC3498864_name.jpg         fetch.py before (older copies on disk)
         keywords.txt, semtypes.txt, cuis.txt   optional: ROCO_id<TAB><TAB>value<TAB>value...
 
-The image of a caption is found through dlinks.txt (``<PMCID>_<name>``); without a dlinks entry,
-``images/<ROCO id>.<jpg|png|jpeg>`` is tried (re-packaged copies name files by id). Releases
-that ship ``captions_*_revised.txt`` / ``dlinks_*_revised.txt`` instead of the plain names are
-read the same way (the plain name wins when both exist).
+Both image namings are accepted, tried in this order: ``images/<ROCO id>.jpg`` (what fetch.py
+writes since its January 2022 change, always ``.jpg`` whatever the archive's file type), then
+``images/<PMCID>_<name>`` built from the dlinks.txt entry (the name fetch.py gave files before;
+dlinks.txt still carries these names), then ``images/<ROCO id>.jpeg|.png`` (re-packaged
+copies). An image under none of them is a ``missing_file`` reject listing the paths tried; the
+metadata's ``image_files`` counts the images found per naming. Releases that ship
+``captions_*_revised.txt`` / ``dlinks_*_revised.txt`` instead of the plain names are read the
+same way (the plain name wins when both exist).
 
 Records: ``id`` (the ROCO id), ``image``, ``caption``, ``captions`` (all captions of the image:
 ROCO has one), ``subset``, ``pmcid``, ``image_name``, ``keywords``, ``semtypes`` (UMLS semantic
@@ -25,6 +30,7 @@ radiology subset; ``all`` keeps both subsets.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import os
@@ -40,7 +46,9 @@ SUBSETS = ("radiology", "non-radiology")
 _PMCID = re.compile(r"(PMC\d+)\.tar\.gz")
 _SEMTYPE = re.compile(r"^T\d{3}$")
 _CUI = re.compile(r"^C\d{7}$")
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+CURRENT_NAMING = "<ROCO id>.jpg"  # scripts/fetch.py since January 2022
+DLINKS_NAMING = "<PMCID>_<name>"  # scripts/fetch.py before; the names dlinks.txt carries
+REPACKAGED_EXTENSIONS = (".jpeg", ".png")
 
 
 @dataclasses.dataclass(eq=False)
@@ -63,7 +71,8 @@ class Roco(core.ManualImageBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "the roco-dataset repository's data/ folder after scripts/fetch.py: "
         "{train,validation,test}/{radiology,non-radiology}/ with captions.txt, dlinks.txt and "
-        "images/ (github.com/razorx89/roco-dataset)")
+        "images/ (<ROCO id>.jpg, or <PMCID>_<name> in copies fetched before 2022) "
+        "(github.com/razorx89/roco-dataset)")
 
     def record_features(self) -> dict[str, Any]:
         return {
@@ -85,15 +94,18 @@ class Roco(core.ManualImageBuilder):
     def scan(self, manual_dir: str) -> core.Scan:
         root = data_root(manual_dir)
         scan = core.Scan()
+        namings: collections.Counter[str] = collections.Counter()
         for split in core.SPLITS:
             for subset in self.builder_config.subsets:
                 folder = os.path.join(root, split, subset)
                 if os.path.isdir(folder):
-                    scan_folder(scan, folder, split, subset)
+                    namings += scan_folder(scan, folder, split, subset)
         if not scan.splits():
             raise UserError(f"{manual_dir}: no ROCO folder {{train,validation,test}}/"
                             f"{{{','.join(self.builder_config.subsets)}}}/ with captions.txt "
                             f"found: expected {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        # Which fetch.py made the copy (a folder fetched before and after 2022 has both).
+        self.info.metadata.update({"image_files": dict(namings.most_common())})
         return scan
 
 
@@ -155,17 +167,27 @@ def parse_dlink(fields: list[str]) -> tuple[str, str] | None:
     return (match.group(1), fields[-1]) if match else None
 
 
-def find_image(images_dir: str, roco_id: str, dlink: tuple[str, str] | None) -> str:
+def image_candidates(images_dir: str, roco_id: str, dlink: tuple[str, str] | None
+                     ) -> list[tuple[str, str]]:
+    """(naming, path) of every place the image of `roco_id` may be, in the order tried:
+    fetch.py's current name first, then the dlinks.txt name that copies fetched before 2022
+    use, then re-packaged copies' other extensions."""
+    candidates = [(CURRENT_NAMING, os.path.join(images_dir, roco_id + ".jpg"))]
     if dlink is not None:
-        return os.path.join(images_dir, f"{dlink[0]}_{dlink[1]}")
-    for ext in _IMAGE_EXTENSIONS:
-        path = os.path.join(images_dir, roco_id + ext)
-        if os.path.exists(path):
-            return path
-    return os.path.join(images_dir, roco_id + ".jpg")
+        candidates.append((DLINKS_NAMING, os.path.join(images_dir, f"{dlink[0]}_{dlink[1]}")))
+    candidates += [(f"<ROCO id>{ext}", os.path.join(images_dir, roco_id + ext))
+                   for ext in REPACKAGED_EXTENSIONS]
+    return candidates
 
 
-def scan_folder(scan: core.Scan, folder: str, split: str, subset: str) -> None:
+def find_image(candidates: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """The first (naming, path) of `candidates` that exists."""
+    return next(((naming, path) for naming, path in candidates if os.path.exists(path)), None)
+
+
+def scan_folder(scan: core.Scan, folder: str, split: str, subset: str
+                ) -> collections.Counter[str]:
+    """Adds the folder's items to `scan`; returns how many images each naming found."""
     captions_path = annotation_file(folder, "captions")
     if captions_path is None:
         raise UserError(f"{folder}: no captions.txt: expected 'ROCO_id<TAB>caption' lines")
@@ -175,6 +197,7 @@ def scan_folder(scan: core.Scan, folder: str, split: str, subset: str) -> None:
     semtypes = read_id_table(annotation_file(folder, "semtypes"))
     cuis = read_id_table(annotation_file(folder, "cuis"))
     images_dir = os.path.join(folder, "images")
+    namings: collections.Counter[str] = collections.Counter()
     for roco_id, fields, where in read_id_lines(captions_path, scan, split):
         try:
             caption = core.clean_caption(" ".join(fields))
@@ -182,14 +205,23 @@ def scan_folder(scan: core.Scan, folder: str, split: str, subset: str) -> None:
             scan.reject(split, roco_id, where, e.reason, str(e))
             continue
         dlink = dlinks.get(roco_id)
-        image = find_image(images_dir, roco_id, dlink)
-        scan.add(core.Item(split, roco_id, image, {
+        candidates = image_candidates(images_dir, roco_id, dlink)
+        found = find_image(candidates)
+        if found is None:
+            scan.reject(split, roco_id, candidates[0][1], "missing_file",
+                        f"none of {', '.join(path for _, path in candidates)} exists")
+            continue
+        naming, image = found
+        fields = {
             "caption": caption,
             "captions": [caption],
             "subset": subset,
             "pmcid": dlink[0] if dlink else "",
-            "image_name": dlink[1] if dlink else os.path.basename(image),
+            "image_name": dlink[1] if dlink else os.path.basename(image),  # name in the archive
             "keywords": keywords.get(roco_id, []),
             "semtypes": [v for v in semtypes.get(roco_id, []) if _SEMTYPE.match(v)],
             "cuis": [v for v in cuis.get(roco_id, []) if _CUI.match(v)],
-        }))
+        }
+        if scan.add(core.Item(split, roco_id, image, fields)):
+            namings[naming] += 1
+    return namings

@@ -1,4 +1,6 @@
-"""ROCO builder on a fixture in the roco-dataset repository's layout (after fetch.py)."""
+"""ROCO builder on fixtures in the roco-dataset repository's layout after scripts/fetch.py: the
+older naming (``images/<PMCID>_<name>``, copies fetched before January 2022) and the current one
+(``images/<ROCO id>.jpg``; dlinks.txt still carries the old names)."""
 
 import os
 
@@ -12,8 +14,9 @@ from medclip_jax.errors import UserError
 PMCID = "PMC3498864"
 
 
-def write_split(root, split, subset, rows, extra_lines=b""):
-    """rows: (roco id, caption bytes, image kind or None for a missing file)."""
+def write_split(root, split, subset, rows, extra_lines=b"", naming="pmc"):
+    """rows: (roco id, caption bytes, image kind or None for a missing file). naming: "pmc"
+    (fetch.py before January 2022: <PMCID>_<name>) or "roco_id" (since: <ROCO id>.jpg)."""
     folder = os.path.join(root, "data", split, subset)
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     captions, dlinks, semtypes = [], [], []
@@ -23,8 +26,9 @@ def write_split(root, split, subset, rows, extra_lines=b""):
         dlinks.append(f"{roco_id}\twget -r ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package/69/93/"
                       f"{PMCID}.tar.gz -P /path/to/Dir\t{name}".encode())
         semtypes.append(f"{roco_id}\t\tT033\tFinding\tT023\tBody Part".encode())
+        file_name = f"{roco_id}.jpg" if naming == "roco_id" else f"{PMCID}_{name}"
         if kind is not None:
-            write_image(os.path.join(folder, "images", f"{PMCID}_{name}"), kind, seed=n)
+            write_image(os.path.join(folder, "images", file_name), kind, seed=n)
     with open(os.path.join(folder, "captions.txt"), "wb") as f:
         f.write(b"\n".join(captions) + b"\n" + extra_lines)
     with open(os.path.join(folder, "dlinks.txt"), "wb") as f:
@@ -107,3 +111,50 @@ def test_all_config_adds_non_radiology(roco_raw, tmp_path):
 def test_missing_folder_is_one_line_error(tmp_path):
     with pytest.raises(UserError, match="captions.txt"):
         run_build("roco", tmp_path, tmp_path / "out")
+
+
+@pytest.fixture(scope="module")
+def roco_current_raw(tmp_path_factory):
+    """fetch.py since January 2022: images/<ROCO id>.jpg whatever the archive's file type (the
+    grey PNGs keep their bytes), dlinks.txt unchanged."""
+    root = str(tmp_path_factory.mktemp("roco_current_raw"))
+    train = [(f"ROCO_{i:05d}", f"CT scan {i}.".encode(), kind) for i, kind in
+             enumerate(GOOD_KINDS)]
+    train += [("ROCO_00200", b"Not downloaded under either name.", None)]
+    write_split(root, "train", "radiology", train, naming="roco_id")
+    # A folder fetched before and after 2022 holds both names: the current one is read.
+    images = os.path.join(root, "data", "train", "radiology", "images")
+    write_image(os.path.join(images, f"{PMCID}_fig-ROCO_00000-0.jpg"), "rgb_jpeg", seed=9,
+                size=(10, 6))
+    write_split(root, "test", "radiology",
+                [(f"ROCO_{400 + i:05d}", f"Ultrasound {i}.".encode(), "grey_png")
+                 for i in range(4)], naming="roco_id")
+    return root
+
+
+def test_current_image_names_build(roco_current_raw, tmp_path):
+    (report,) = run_build("roco", roco_current_raw, tmp_path)
+    rows = check_report(report)
+    assert report.written == {"train": len(GOOD_KINDS), "test": 4}
+    assert reasons_by_id(rows) == {"ROCO_00200": "missing_file"}
+    (missing,) = rows
+    images = os.path.join(roco_current_raw, "data", "train", "radiology", "images")
+    assert missing["path"] == os.path.join(images, "ROCO_00200.jpg")
+    assert os.path.join(images, "ROCO_00200.jpg") in missing["detail"]
+    assert os.path.join(images, f"{PMCID}_fig-ROCO_00200-{len(GOOD_KINDS)}.jpg") in \
+        missing["detail"]
+    first = sources.open_source(str(tmp_path), "roco", "train")[0]
+    assert first["id"] == "ROCO_00000" and first["pmcid"] == PMCID
+    assert first["image_name"] == "fig-ROCO_00000-0.jpg"  # the figure's name in the PMC archive
+    from PIL import Image
+    import io
+    assert Image.open(io.BytesIO(first["image"])).size == (24, 20)  # not the old copy's 10x6
+    check_round_trip(tmp_path, "roco", "test")
+    naming = sources.dataset_metadata(str(tmp_path), "roco")["image_files"]
+    assert naming == {"<ROCO id>.jpg": len(GOOD_KINDS) + 4}
+
+
+def test_old_image_names_are_recorded_in_metadata(roco_built):
+    data_dir, report = roco_built
+    naming = sources.dataset_metadata(data_dir, "roco")["image_files"]
+    assert naming == {"<PMCID>_<name>": sum(report.written.values()) + len(BAD_KINDS)}
