@@ -107,7 +107,8 @@ def build_all(manual_root: str, data_dir: str, log=None, **kwargs: Any
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.build",
-        description="Convert a dataset folder (as its publisher ships it) to TFDS ArrayRecord.")
+        description="Convert a dataset folder (as its publisher ships it) to a TFDS dataset "
+                    "(ArrayRecord, or TFRecord: neither needs TensorFlow).")
     parser.add_argument("name", nargs="?",
                         help="dataset[@config] (--list shows them), or 'all'")
     parser.add_argument("--manual_dir", help="the raw dataset folder")

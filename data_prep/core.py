@@ -6,8 +6,9 @@ A builder only says how to *scan* its publisher's folder: `ManualImageBuilder.sc
 the non-image fields) plus the `Reject`s it met while reading annotation files (malformed rows,
 empty or non-UTF-8 captions, duplicate ids, unknown labels). The base class converts every
 item's image (`images.convert_image`: colour modes normalised, downscaled to `max_side`,
-re-encoded) in a pool of worker processes, writes the records with TFDS (ArrayRecord, or
-TFRecord when TensorFlow is installed), and afterwards writes next to `dataset_info.json`:
+re-encoded) in a pool of worker processes, writes the records with TFDS as ArrayRecord (for
+``--file_format tfrecord`` rewritten as TFRecord by `medclip_jax.data.tfrecord` before TFDS
+renames the folder: TFDS would need TensorFlow), and afterwards writes next to `dataset_info.json`:
 
 * ``rejects.jsonl`` — one JSON object per rejected item: split, id, path, reason, detail;
 * ``build_summary.json`` — items found / records written / rejected per split and per reason.
@@ -40,6 +41,7 @@ from PIL import Image
 
 from data_prep import images
 from data_prep.conversion_cache import ConversionCache, cache_path
+from medclip_jax.data import tfrecord
 from medclip_jax.errors import UserError
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -484,6 +486,7 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder):
     options = ConversionOptions()
     cache_file: str = ""  # set by `prepare` when resuming is on
     cache: ConversionCache | None = None  # opened once the scan found items
+    output_format: str = "array_record"  # set by `prepare`; TFDS itself writes ArrayRecord
     manual_dir: str = ""  # set by `prepare`
 
     @tfds.core.utils.classproperty
@@ -559,6 +562,8 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder):
         """TFDS's build, then the report files, written into the folder TFDS is about to
         rename to the final version folder, so a complete version always has them."""
         super()._download_and_prepare(dl_manager, download_config)
+        if self.output_format == "tfrecord":
+            tfrecord.rewrite_as_tfrecord(self.info, os.fspath(self.data_dir))
         self.report.check()
         self.report.write(os.fspath(self.data_dir))
 
@@ -586,12 +591,6 @@ def check_file_format(file_format: str) -> None:
     if file_format not in FILE_FORMATS:
         raise UserError(f"--file_format: unknown {file_format!r}; choose "
                         f"{' or '.join(FILE_FORMATS)}")
-    if file_format == "tfrecord":
-        try:
-            import tensorflow  # noqa: F401
-        except ImportError:
-            raise UserError("--file_format tfrecord needs TensorFlow (pip install tensorflow); "
-                            "array_record needs nothing more") from None
 
 
 def prepare(builder_class: Callable[..., ManualImageBuilder], manual_dir: str, data_dir: str,
@@ -618,6 +617,7 @@ def prepare(builder_class: Callable[..., ManualImageBuilder], manual_dir: str, d
     if builder.is_prepared():
         return load_report(builder.build_name(), builder.data_dir)
     builder.options = options
+    builder.output_format = file_format
     builder.manual_dir = os.path.abspath(manual_dir)
     tfds.disable_progress_bar()  # ours counts images; TFDS's would interleave with it
     # Next to the final version folder (TFDS writes into a temporary one); SQLite needs a local
@@ -626,7 +626,8 @@ def prepare(builder_class: Callable[..., ManualImageBuilder], manual_dir: str, d
         builder.cache_file = cache_path(builder.data_dir)
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=os.path.abspath(manual_dir), try_download_gcs=False))
+            manual_dir=os.path.abspath(manual_dir), try_download_gcs=False),
+            file_format="array_record")  # TFRecord: rewritten by _download_and_prepare
     finally:
         if builder.cache is not None:
             builder.cache.close()

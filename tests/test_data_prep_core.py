@@ -168,14 +168,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_tfrecord_without_tensorflow_is_a_one_line_error(tmp_path):
-    try:
-        import tensorflow  # noqa: F401
-        pytest.skip("TensorFlow is installed: tfrecord output is available")
-    except ImportError:
-        pass
-    with pytest.raises(UserError, match="needs TensorFlow"):
-        build_lib.build("roco", str(tmp_path), str(tmp_path / "o"), file_format="tfrecord")
+def test_tfrecord_build_without_tensorflow_reads_as_the_array_record_build(tmp_path):
+    """TFDS writes ArrayRecord, `tfrecord.rewrite_as_tfrecord` turns it into TFRecord before
+    the version folder appears: same records, same report, no TensorFlow involved."""
+    from medclip_jax.data import tfrecord
+    raw = roco_layout(str(tmp_path / "raw"), 3)
+    (expected,) = run_build("roco", raw, tmp_path / "ar")
+    (report,) = build_lib.build("roco", raw, str(tmp_path / "tfr"), file_format="tfrecord",
+                                max_image_side=64, workers=1)
+    files = os.listdir(report.data_dir)
+    assert any(".tfrecord-" in f for f in files) and not any(".array_record-" in f for f in files)
+    assert {core.REJECTS_FILE, core.SUMMARY_FILE} <= set(files)
+    assert report.written == expected.written and report.rejects == expected.rejects
+    for split in ("train", "test"):
+        ours = sources.open_source(str(tmp_path / "tfr"), "roco", split)
+        theirs = sources.open_source(str(tmp_path / "ar"), "roco", split)
+        assert isinstance(ours.records, tfrecord.TFRecordSource)
+        assert ours.get_many(range(len(ours))) == theirs.get_many(range(len(theirs)))
+    (again,) = build_lib.build("roco", raw, str(tmp_path / "tfr"), file_format="tfrecord")
+    assert again.written == report.written  # complete: left alone
 
 
 def test_split_with_every_item_rejected_fails_clearly(tmp_path):

@@ -17,6 +17,10 @@ payloads), on the first read of that shard, and keeps the offsets in memory. It 
 length CRC and the record count against ``shardLengths`` of dataset_info.json while scanning,
 and each record's data CRC when it reads it; any mismatch is a one-line `UserError` naming the
 shard file and the record. Reads use ``os.pread``, so reader threads share one descriptor.
+
+Writing (`write_records`) is the same framing; `rewrite_as_tfrecord` is how
+``data_prep.build --file_format tfrecord`` writes TFRecord without TensorFlow, and
+`convert_array_record_build` copies an ArrayRecord build as TFRecord (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import shutil
 import struct
 import threading
 import weakref
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import google_crc32c
 import numpy as np
@@ -257,41 +261,64 @@ class TFRecordSource:
 # --------------------------------------------------------------------------------------------
 
 
-def read_array_record(path: str) -> list[bytes]:
+def read_array_record(path: str, chunk: int = 256) -> Iterator[bytes]:
+    """Every record of an ArrayRecord file, in order, `chunk` records in memory at a time."""
     from array_record.python import array_record_module
     reader = array_record_module.ArrayRecordReader(path)
     try:
-        return reader.read(list(range(reader.num_records())))
+        count = reader.num_records()
+        for start in range(0, count, chunk):
+            yield from reader.read(list(range(start, min(start + chunk, count))))
     finally:
         reader.close()
+
+
+def write_tfrecord_shards(info: Any, source_dir: str, target_dir: str) -> list[str]:
+    """Writes the ArrayRecord shards of `info`'s splits (in `source_dir`) to `target_dir` as
+    TFRecord shards, named as TFDS names them, and switches `info` to TFRecord.
+
+    Returns the ArrayRecord shard paths it read.
+    """
+    from tensorflow_datasets.core import file_adapters
+    if info.file_format != file_adapters.FileFormat.ARRAY_RECORD:
+        raise UserError(f"{source_dir} is not an ArrayRecord build ({info.file_format})")
+    sources = {name: [os.path.join(source_dir, os.path.basename(os.fspath(p)))
+                      for p in split.filepaths] for name, split in info.splits.items()}
+    info.set_file_format(file_adapters.FileFormat.TFRECORD, override=True,
+                         override_if_initialized=True)
+    for name, split in info.splits.items():
+        for src, dst in zip(sources[name], split.filepaths, strict=True):
+            write_records(os.path.join(target_dir, os.path.basename(os.fspath(dst))),
+                          read_array_record(src))
+    return [path for paths in sources.values() for path in paths]
+
+
+def rewrite_as_tfrecord(info: Any, folder: str) -> None:
+    """TFRecord shards replace the ArrayRecord ones in `folder`, and `info` says TFRecord.
+
+    How ``data_prep.build --file_format tfrecord`` writes TFRecord without TensorFlow (TFDS
+    needs it for that): TFDS builds ArrayRecord into its temporary folder, this rewrites the
+    shards there, then TFDS writes dataset_info.json and renames the folder.
+    """
+    for path in write_tfrecord_shards(info, folder, folder):
+        os.remove(path)
 
 
 def convert_array_record_build(source_dir: str, target_dir: str) -> str:
     """Writes the ArrayRecord build in `source_dir` to `target_dir` as TFRecord; returns it.
 
-    Same records, shards and every other file; dataset_info.json differs only in fileFormat,
-    and the shard names are TFDS's for that format. dataset_info.json is written last, so
-    readers (which skip folders without one) never see a half-written target. For tests and
-    for builds on machines without TensorFlow (TFDS needs it to write TFRecord).
+    Same records, shards and every other file; dataset_info.json differs only in fileFormat.
+    It is written last, so readers (which skip folders without one) never see a half-written
+    target.
     """
     import tensorflow_datasets as tfds
     with open(os.path.join(source_dir, INFO_FILE), encoding="utf-8") as f:
         info_json = json.load(f)
-    if info_json.get("fileFormat") != "array_record":
-        raise UserError(f"{source_dir} is not an ArrayRecord build "
-                        f"(fileFormat {info_json.get('fileFormat')!r})")
-    info = tfds.builder_from_directory(source_dir).info
-    sources = {name: [os.fspath(p) for p in split.filepaths]
-               for name, split in info.splits.items()}
-    info.set_file_format("tfrecord", override=True, override_if_initialized=True)
     os.makedirs(target_dir, exist_ok=True)
-    shard_files = {INFO_FILE}
-    for name, split in info.splits.items():
-        for src, dst in zip(sources[name], split.filepaths, strict=True):
-            shard_files.add(os.path.basename(src))
-            write_records(os.path.join(target_dir, os.path.basename(os.fspath(dst))),
-                          read_array_record(src))
-    for name in sorted(set(os.listdir(source_dir)) - shard_files):
+    read = write_tfrecord_shards(tfds.builder_from_directory(source_dir).info, source_dir,
+                                 target_dir)
+    skip = {INFO_FILE, *(os.path.basename(p) for p in read)}
+    for name in sorted(set(os.listdir(source_dir)) - skip):
         if os.path.isfile(os.path.join(source_dir, name)):
             shutil.copyfile(os.path.join(source_dir, name), os.path.join(target_dir, name))
     with open(os.path.join(target_dir, INFO_FILE), "w", encoding="utf-8") as f:
