@@ -239,6 +239,7 @@ def apply_preset(config: ml_collections.ConfigDict, arg: str,
         if preset == "rehearsal":
             # The paper's data at the tiny model's scale (scripts/rehearsal.sh), a few steps.
             paper_data(config)
+            config.model.text.max_len = 128  # bytes: every prompt keeps its class name
             config.num_epochs = 100.0
             config.max_steps = 4
     elif preset == "paper":

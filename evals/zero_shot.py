@@ -58,6 +58,7 @@ overrides them, so prompt sets can be compared without rebuilding a dataset:
 
 import json
 import os
+import sys
 from typing import Any, Sequence
 
 import ml_collections
@@ -202,10 +203,29 @@ def multilabel_task(spec: str, task_name: str, task: dict[str, Any]) -> dict[str
             "negative_templates": list(task["negative_templates"])}
 
 
+def tied_classes(loaded: runner.LoadedModel, class_names: list[str],
+                 prompts: list[str]) -> list[list[str]]:
+    """Groups of classes whose prompts are identical once tokenised (a class name truncated
+    away by the text length): their scores tie, whatever the model."""
+    max_len = loaded.train_config.model.text.max_len
+    ids, _ = loaded.tokenizer(prompts, max_len)
+    per_class = np.asarray(ids).reshape(len(class_names), -1)
+    groups: dict[bytes, list[str]] = {}
+    for name, row in zip(class_names, per_class):
+        groups.setdefault(row.tobytes(), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
 def class_embeddings(loaded: runner.LoadedModel, class_names: list[str],
                      templates: list[str], batch_size: int) -> np.ndarray:
-    """[E, C] prompt-ensemble embeddings of the class names."""
+    """[E, C] prompt-ensemble embeddings of the class names (warns when classes tie)."""
     prompts = zero_shot.format_prompts(class_names, templates)
+    for names in tied_classes(loaded, class_names, prompts):
+        print(f"warning: zero-shot classes {', '.join(names)} have identical prompts after "
+              f"tokenisation to config.model.text.max_len="
+              f"{loaded.train_config.model.text.max_len} tokens; their scores tie "
+              f"(shorter templates via config.zero_shot.templates, or a longer text length)",
+              file=sys.stderr, flush=True)
     prompt_emb = runner.embed_texts(loaded, prompts, batch_size)
     return zero_shot.build_classifier(prompt_emb.reshape(len(class_names), len(templates), -1))
 

@@ -210,3 +210,17 @@ def test_zero_shot_command_line_on_a_classification_build(data_dir, workdir, cap
         flags.FLAGS.unparse_flags()
     assert f"| {LUNG}/test:lc25000_lung |" in capsys.readouterr().out
 
+
+
+def test_classes_whose_prompts_truncate_alike_are_reported(loaded, data_dir, capsys):
+    """The tiny model reads 16 text positions: a long template cuts every class name off, so
+    the scores tie; the evaluation says so instead of reporting chance silently."""
+    config = eval_config(data_dir)
+    config.zero_shot.datasets = (f"{LUNG}/test",)
+    config.zero_shot.templates = ("a histopathology slide showing {}.",)
+    zero_shot_eval.evaluate(loaded, data_dir, config)
+    err = capsys.readouterr().err
+    assert "have identical prompts after tokenisation to config.model.text.max_len=16" in err
+    config.zero_shot.templates = ("{}",)
+    zero_shot_eval.evaluate(loaded, data_dir, config)
+    assert "identical prompts" not in capsys.readouterr().err
