@@ -21,10 +21,9 @@ from medclip_jax.data import sources
 RETRIEVAL = [spec.rsplit("/", 1) for spec in eval_config.PAPER_RETRIEVAL]
 CLASSIFICATION = [spec.rsplit("/", 1)[0] for spec in eval_config.PAPER_CLASSIFICATION]
 VQA = tuple(eval_config.vqa_config("paper").datasets)
-# ROCO's fetch.py names images <ROCO id>.jpg since 2022 (the release's default); until
-# data_prep/roco.py finds them, the shared build uses the older <PMCID>_<name> copies and
-# test_roco_current_image_names says whether the builder has caught up.
-ROCO_IMAGE_NAMES = "pmc"
+# ROCO's fetch.py names images <ROCO id>.jpg since 2022: the shared build uses those, and
+# test_roco_older_image_names the <PMCID>_<name> copies made before.
+ROCO_IMAGE_NAMES = "roco_id"
 
 
 @pytest.fixture(scope="session")
@@ -195,10 +194,9 @@ def test_fixture_images_convert_or_are_rejected_as_planned():
         assert e.value.reason == reason
 
 
-@pytest.mark.xfail(ROCO_IMAGE_NAMES != "roco_id", reason="data_prep/roco.py looks for "
-                   "images/<PMCID>_<name> only, not fetch.py's current images/<ROCO id>.jpg")
-def test_roco_current_image_names(tmp_path):
-    planted = fixtures.write_release(str(tmp_path / "raw"), datasets=("roco",))
+def test_roco_older_image_names(tmp_path):
+    planted = fixtures.write_release(str(tmp_path / "raw"), datasets=("roco",),
+                                     roco_image_names="pmc")
     (report,) = build_lib.build("roco", str(tmp_path / "raw" / "roco"), str(tmp_path / "out"),
                                 max_image_side=48)
     assert report.reasons() == planted["roco@radiology"]
