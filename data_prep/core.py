@@ -13,7 +13,10 @@ renames the folder: TFDS would need TensorFlow), and afterwards writes next to `
 * ``rejects.jsonl`` — one JSON object per rejected item: split, id, path, reason, detail;
 * ``build_summary.json`` — items found / records written / rejected per split and per reason.
 
-Invariant (checked): written + rejected = found, per split. Records keep scan order
+Invariant (checked): written + rejected = found, per split. Builders whose records gather
+several annotation rows (PMC-OA, Quilt-1M: one record per image, one row per caption) also
+count the rows they read, and the check holds for rows too: rows read = written + rejected +
+rows kept as a further caption of another row's record. Records keep scan order
 (TFDS shuffling is disabled; consumers shuffle), so a build is reproducible.
 
 An interrupted build leaves no half-written version: TFDS writes into a temporary folder and
@@ -64,6 +67,7 @@ class Item:
     image: str | np.ndarray
     fields: dict[str, Any]
     path: str = ""  # where the item came from, for the rejects file (default: the image path)
+    rows: int = 1  # annotation rows the record gathers (one per caption of an image)
 
     def where(self) -> str:
         return self.path or (self.image if isinstance(self.image, str) else self.id)
@@ -82,15 +86,26 @@ class Reject:
 
 
 class Scan:
-    """Items per split and the rejects met while scanning; ids are unique within a dataset."""
+    """Items per split and the rejects met while scanning; ids are unique within a dataset.
+
+    A builder that gathers rows into records counts every row it reads (`count_rows`), so the
+    build can check that no row went missing; `rows_merged` are the rows that became a further
+    caption of an item rather than an item or a reject."""
 
     def __init__(self) -> None:
         self.items: dict[str, list[Item]] = collections.defaultdict(list)
         self.rejects: list[Reject] = []
+        self.rows_read: collections.Counter[str] = collections.Counter()
+        self.rows_merged: collections.Counter[str] = collections.Counter()
         self._seen: dict[str, str] = {}
+
+    def count_rows(self, split: str, count: int = 1) -> None:
+        """Counts annotation rows read for `split`, whatever becomes of them."""
+        self.rows_read[split] += count
 
     def add(self, item: Item) -> bool:
         """Adds `item`, or rejects it as a duplicate id (the first occurrence wins)."""
+        self.rows_merged[item.split] += item.rows - 1
         if item.id in self._seen:
             self.reject(item.split, item.id, item.where(), "duplicate_id",
                         f"id already used by {self._seen[item.id]}")
@@ -103,8 +118,8 @@ class Scan:
         self.rejects.append(Reject(split, str(item_id), str(path), reason, detail))
 
     def splits(self) -> list[str]:
-        """Splits with items or rejects, in the canonical order first."""
-        names = set(self.items) | {r.split for r in self.rejects}
+        """Splits with items, rejects or rows read, in the canonical order first."""
+        names = set(self.items) | {r.split for r in self.rejects} | set(self.rows_read)
         return [s for s in SPLITS if s in names] + sorted(names - set(SPLITS))
 
     def found(self, split: str) -> int:
@@ -419,6 +434,9 @@ class BuildReport:
     written: dict[str, int] = dataclasses.field(default_factory=dict)
     rejects: list[Reject] = dataclasses.field(default_factory=list)
     data_dir: str = ""
+    # Builders that gather rows into records (`Scan.count_rows`); empty for the others.
+    rows_read: dict[str, int] = dataclasses.field(default_factory=dict)
+    rows_merged: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def rejected(self, split: str) -> int:
         return sum(r.split == split for r in self.rejects)
@@ -427,23 +445,35 @@ class BuildReport:
         return dict(sorted(collections.Counter(r.reason for r in self.rejects).items()))
 
     def check(self) -> None:
+        """written + rejected = found per split, and for rows where the builder counted them."""
         for split, found in self.found.items():
             if self.written.get(split, 0) + self.rejected(split) != found:
                 raise AssertionError(
                     f"{self.dataset} {split}: {self.written.get(split, 0)} written + "
                     f"{self.rejected(split)} rejected != {found} found")
+        for split, rows in self.rows_read.items():
+            merged = self.rows_merged.get(split, 0)
+            if self.written.get(split, 0) + self.rejected(split) + merged != rows:
+                raise AssertionError(
+                    f"{self.dataset} {split}: {self.written.get(split, 0)} written + "
+                    f"{self.rejected(split)} rejected + {merged} rows merged into records "
+                    f"!= {rows} rows read")
 
     def to_json(self) -> dict[str, Any]:
+        rows = ({"rows_read": self.rows_read, "rows_merged": self.rows_merged}
+                if self.rows_read else {})
         return {"dataset": self.dataset, "found": self.found, "written": self.written,
                 "rejected": {s: self.rejected(s) for s in self.found},
-                "rejected_by_reason": self.reasons()}
+                "rejected_by_reason": self.reasons(), **rows}
 
     def summary(self) -> str:
         lines = [f"{self.dataset}: {sum(self.written.values())} records written, "
                  f"{len(self.rejects)} rejected" + (f" -> {self.data_dir}" if self.data_dir else "")]
         for split in self.found:
+            rows = (f"   rows {self.rows_read[split]:>9} ({self.rows_merged.get(split, 0)} as "
+                    f"extra captions)" if split in self.rows_read else "")
             lines.append(f"  {split:<11} written {self.written.get(split, 0):>9}   rejected "
-                         f"{self.rejected(split):>7}   found {self.found[split]:>9}")
+                         f"{self.rejected(split):>7}   found {self.found[split]:>9}{rows}")
         for reason, count in self.reasons().items():
             lines.append(f"  rejected {reason}: {count}")
         if self.rejects and self.data_dir:
@@ -537,6 +567,9 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder):
         for split in splits:
             self.report.found[split] = scan.found(split)
             self.report.written[split] = 0
+            if scan.rows_read:
+                self.report.rows_read[split] = scan.rows_read[split]
+                self.report.rows_merged[split] = scan.rows_merged[split]
         return {split: self._generate(split, scan.items.get(split, []))
                 for split in splits if scan.items.get(split)}
 
@@ -640,6 +673,8 @@ def prepare(builder_class: Callable[..., ManualImageBuilder], manual_dir: str, d
 def load_report(name: str, dataset_dir: str) -> BuildReport:
     with open(os.path.join(dataset_dir, SUMMARY_FILE), encoding="utf-8") as f:
         saved = json.load(f)
-    report = BuildReport(name, saved["found"], saved["written"], data_dir=dataset_dir)
+    report = BuildReport(name, saved["found"], saved["written"], data_dir=dataset_dir,
+                         rows_read=saved.get("rows_read", {}),
+                         rows_merged=saved.get("rows_merged", {}))
     report.rejects = [Reject(**r) for r in read_rejects(dataset_dir)]
     return report

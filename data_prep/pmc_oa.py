@@ -38,8 +38,11 @@ first caption), ``captions`` (every distinct caption of the image, in file order
 Rejects (with ``file:line``): lines that are not UTF-8 or not a JSON object, lines missing
 ``image`` or ``caption``, captions that are not strings or are empty, image names that leave
 the image folder, unparsable alignment fields, rows putting an image in a second split
-(``split_conflict``), and images that are missing or corrupt. A reject whose split cannot be
-known (a malformed line of a file without split) is listed under ``unassigned``.
+(``split_conflict``), rows repeating a caption their image already has (``duplicate_row``, the
+detail names the first row; in the image's split), and images that are missing or corrupt. A
+reject whose split cannot be known (a malformed line of a file without split) is listed under
+``unassigned``. Every row read is counted, so the build summary adds up per row: rows read =
+records written + rejected + rows kept as a further caption of a record.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import json
 import math
 import os
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -74,19 +77,27 @@ _PMCID = re.compile(r"^(PMC\d+)(?:[_.\-]|$)")
 
 @dataclasses.dataclass
 class ImageGroup:
-    """The rows naming one image: their distinct captions and per-caption extras."""
+    """The rows naming one image: their distinct captions, per-caption extras and where each
+    caption was read, and the rows that repeated a caption (where, where it was first read)."""
 
     split: str
     image: str
     where: str
     captions: list[str]
     extras: list[Any]
+    wheres: list[str]
+    repeats: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def rows(self) -> int:
+        return len(self.captions) + len(self.repeats)
 
 
 class ImageGroups:
     """Caption rows grouped by image key, in order of first appearance. A row that puts an
     already seen image in another split is a ``split_conflict`` reject (an image in two splits
-    would leak into retrieval); a caption the image already has is kept once."""
+    would leak into retrieval); a caption the image already has is kept once, and the row that
+    repeats it becomes a ``duplicate_row`` reject when the groups are added to the scan
+    (`add_groups`: only then is the split of an unsplit file's image known)."""
 
     def __init__(self) -> None:
         self.groups: dict[str, ImageGroup] = {}
@@ -95,13 +106,28 @@ class ImageGroups:
             extra: Any = None) -> None:
         group = self.groups.get(key)
         if group is None:
-            self.groups[key] = ImageGroup(split, image, where, [caption], [extra])
+            self.groups[key] = ImageGroup(split, image, where, [caption], [extra], [where])
         elif group.split != split:
             scan.reject(split, key, where, "split_conflict",
                         f"image already in split {group.split} ({group.where})")
-        elif caption not in group.captions:
+        elif caption in group.captions:
+            group.repeats.append((where, group.wheres[group.captions.index(caption)]))
+        else:
             group.captions.append(caption)
             group.extras.append(extra)
+            group.wheres.append(where)
+
+
+def add_groups(scan: core.Scan, groups: ImageGroups, image_path: Callable[[ImageGroup], str],
+               fields: Callable[[ImageGroup], dict[str, Any]]) -> None:
+    """One item per image group, gathering its captions' rows, and a ``duplicate_row`` reject
+    per row that repeated one of them, in the image's split."""
+    for key, group in groups.groups.items():
+        scan.add(core.Item(group.split, key, image_path(group), fields(group), path=group.where,
+                           rows=len(group.captions)))
+        for where, first in group.repeats:
+            scan.reject(group.split, key, where, "duplicate_row",
+                        f"same image and caption as {first}")
 
 
 def safe_relative(name: str) -> bool:
@@ -301,12 +327,12 @@ class PmcOa(core.ManualImageBuilder):
             groups = ImageGroups()
             for split, path in files.items():
                 for row in read_jsonl(path):
+                    scan.count_rows(split)
                     add_row(scan, groups, split, row)
         else:
             groups = self.scan_unsplit(scan, root)
-        for key, group in groups.groups.items():
-            scan.add(core.Item(group.split, key, os.path.join(images_dir, group.image),
-                               record_fields(group), path=group.where))
+        add_groups(scan, groups, lambda group: os.path.join(images_dir, group.image),
+                   record_fields)
         return scan
 
     def scan_unsplit(self, scan: core.Scan, root: str) -> ImageGroups:
@@ -329,8 +355,10 @@ class PmcOa(core.ManualImageBuilder):
         by_article = dict(zip(articles, assigned))
         for key, split in zip(keys, assigned):
             groups.groups[key].split = split
+            scan.count_rows(split, groups.groups[key].rows())
         for row in bad:
             split = by_article.get(row.pmcid or row.id, UNASSIGNED)
+            scan.count_rows(split)
             scan.reject(split, row.id or row.where, row.where, row.reason, row.detail)
         return groups
 

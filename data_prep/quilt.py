@@ -29,8 +29,10 @@ e.g. C0027651, found in ``med_umls_ids``; union over the rows).
 
 Rejects (with ``file:line``): rows with the wrong number of fields, bad UTF-8, an empty caption
 or image path, an unknown split, an unparsable ``pathology`` or ``magnification``; rows putting
-an image in a second split (``split_conflict``); missing or corrupt images. A row whose split
-cannot be read is listed under ``unassigned``.
+an image in a second split (``split_conflict``); rows repeating a caption their image already
+has (``duplicate_row``, the detail names the first row); missing or corrupt images. A row whose
+split cannot be read is listed under ``unassigned``. Every row read is counted: rows read =
+records written + rejected + rows kept as a further caption of a record.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_prep import core
-from data_prep.pmc_oa import UNASSIGNED, ImageGroup, ImageGroups, safe_relative
+from data_prep.pmc_oa import UNASSIGNED, ImageGroup, ImageGroups, add_groups, safe_relative
 from medclip_jax.errors import UserError
 
 LOOKUP_NAMES = ("quilt_1M_lookup.csv", "quilt_1m_lookup.csv", "quilt_1M_lookup.csv.gz",
@@ -237,10 +239,10 @@ class Quilt1M(core.ManualImageBuilder):
                 split, image, caption, extra = parse_row(row)
             except core.BadText as e:
                 item_id = printable(row["image_path"].strip()) if isinstance(row, dict) else ""
+                scan.count_rows(reject_split(row))
                 scan.reject(reject_split(row), item_id or where, where, e.reason, str(e))
                 continue
+            scan.count_rows(split)
             groups.add(scan, image, split, find_image(image), where, caption, extra)
-        for key, group in groups.groups.items():
-            scan.add(core.Item(group.split, key, group.image, record_fields(group),
-                               path=group.where))
+        add_groups(scan, groups, lambda group: group.image, record_fields)
         return scan

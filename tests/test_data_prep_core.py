@@ -326,3 +326,17 @@ def test_tfrecord_build_reads_back_with_tensorflow(tmp_path):
     examples = list(tfds.builder_from_directory(report.data_dir).as_dataset(split="train"))
     assert [e["id"].numpy().decode() for e in examples] == ["ROCO_train0", "ROCO_train2"]
     assert all(e["image"].shape[-1] == 3 and e["image"].dtype == tf.uint8 for e in examples)
+
+
+def test_check_counts_rows_where_a_builder_read_them():
+    """A builder that gathers rows into records counts the rows it read: one that is neither
+    written, rejected nor an extra caption of a record fails the build's check."""
+    report = core.BuildReport("x", found={"train": 2}, written={"train": 2},
+                              rows_read={"train": 4}, rows_merged={"train": 1})
+    with pytest.raises(AssertionError, match="1 rows merged into records != 4 rows read"):
+        report.check()
+    report.rows_merged["train"] = 2
+    report.check()
+    assert report.to_json()["rows_read"] == {"train": 4}
+    assert "rows_read" not in core.BuildReport("y", {"train": 1}, {"train": 1}).to_json()
+

@@ -212,3 +212,44 @@ def test_default_config_uses_the_publishers_split_files(split_raw, split_built, 
     assert report.written == beta_report.written
     for split in ("train", "validation", "test"):
         assert column(tmp_path, "pmc_oa", split, "id") == column(data_dir, BETA, split, "id")
+
+
+def duplicate_rows(rows):
+    return [r for r in rows if r["reason"] == "duplicate_row"]
+
+
+def test_exact_duplicate_row_is_a_reject_in_a_split_file(tmp_path):
+    """A repeated line (same image, same caption) is listed and counted, so the rows read add
+    up: written + rejected + rows kept as another caption of a record = rows read."""
+    for i, name in enumerate(("PMC1_Fig1_0.jpg", "PMC2_Fig1_0.jpg")):
+        write_image(str(tmp_path / IMAGES / name), "rgb_jpeg", seed=i)
+    first = line("PMC1_Fig1_0.jpg", "CT of the chest.", pmcid="PMC1")
+    train = str(tmp_path / "train.jsonl")
+    write_jsonl(train, [first, line("PMC1_Fig1_0.jpg", "A second caption."),
+                        line("PMC2_Fig1_0.jpg", "MRI of the knee."), first])
+    (report,) = run_build(BETA, tmp_path, tmp_path / "out")
+    rows = check_report(report)
+    assert duplicate_rows(rows) == [{
+        "split": "train", "id": "PMC1_Fig1_0.jpg", "path": f"{train}:4",
+        "reason": "duplicate_row", "detail": f"same image and caption as {train}:1"}]
+    assert report.written == {"train": 2} and report.found == {"train": 3}
+    assert report.rows_read == {"train": 4} and report.rows_merged == {"train": 1}
+    assert column(tmp_path / "out", BETA, "train", "captions")[0] == [
+        "CT of the chest.", "A second caption."]
+
+
+def test_exact_duplicate_row_of_an_unsplit_file_goes_to_its_images_split(tmp_path):
+    lines = []
+    for article in range(6):
+        name = f"PMC{article}_Fig1_0.jpg"
+        write_image(str(tmp_path / IMAGES / name), "rgb_jpeg", seed=article)
+        lines.append(line(name, f"Panel of article {article}.", alignment_score=0.5))
+    lines.append(lines[2])
+    path = str(tmp_path / "pmc_oa.jsonl")
+    write_jsonl(path, lines)
+    (report,) = run_build("pmc_oa", tmp_path, tmp_path / "out")
+    (dup,) = duplicate_rows(check_report(report))
+    assert dup["id"] == "PMC2_Fig1_0.jpg" and dup["path"] == f"{path}:7"
+    assert dup["detail"] == f"same image and caption as {path}:3"
+    assert "PMC2_Fig1_0.jpg" in column(tmp_path / "out", "pmc_oa", dup["split"], "id")
+    assert sum(report.rows_read.values()) == 7 and sum(report.written.values()) == 6

@@ -163,3 +163,26 @@ def test_missing_files_are_one_line_errors(tmp_path):
         f.write(",caption,image_path,subset\n0,x,a.jpg,quilt\n")
     with pytest.raises(UserError, match="split"):
         run_build("quilt_1m", tmp_path, tmp_path / "out")
+
+
+def test_exact_duplicate_row_is_a_reject(tmp_path):
+    """A repeated lookup line is listed and counted: written + rejected + rows kept as another
+    caption of a record = rows read."""
+    for i, name in enumerate(("a.jpg", "b.jpg")):
+        write_image(str(tmp_path / "quilt_1m" / name), "rgb_jpeg", seed=i)
+    lookup = str(tmp_path / "quilt_1M_lookup.csv")
+    rows = [row("a.jpg", "Liver biopsy."), row("a.jpg", "Portal tract."),
+            row("b.jpg", "Held out.", split="val")]
+    write_lookup(lookup, rows)
+    with open(lookup, "rb") as f:
+        first_row = f.read().split(b"\n")[1]
+    with open(lookup, "ab") as f:
+        f.write(first_row + b"\n")  # line 5 repeats line 2, index column included
+    (report,) = run_build("quilt_1m", tmp_path, tmp_path / "out")
+    rejects = check_report(report)
+    assert rejects == [{"split": "train", "id": "a.jpg", "path": f"{lookup}:5",
+                        "reason": "duplicate_row",
+                        "detail": f"same image and caption as {lookup}:2"}]
+    assert report.written == {"train": 1, "test": 1} and report.found == {"train": 2, "test": 1}
+    assert report.rows_read == {"train": 3, "test": 1}
+    assert report.rows_merged == {"train": 1, "test": 0}
