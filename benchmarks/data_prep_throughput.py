@@ -11,11 +11,20 @@ count, on a fresh output folder each time. Image kinds, at publishers' typical s
 * rgb_figure: 2048 x 1536 RGB JPEG (a PMC figure / BACH photo size);
 * grey_xray:  2544 x 3056 8-bit grey JPEG (a MIMIC-CXR-JPG radiograph);
 * rgb_tiff:   2048 x 1536 RGB TIFF, uncompressed (BACH's .tif microscopy photos).
+
+With ``--medmnist_configs N`` it times instead what starting the conversion processes costs: a
+MedMNIST build of N tiny npz configs (``--images`` 8x8 images per split), where converting is
+nothing and a pool per split or config would be everything; ``--one_pool`` opens one
+`core.conversion_pool` around the whole multi-config build.
+
+    taskset -c 1 .venv/bin/python benchmarks/data_prep_throughput.py --medmnist_configs 3 \
+        --images 4 --workers 1,2 [--one_pool]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import shutil
@@ -29,6 +38,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep import build as build_lib  # noqa: E402
+from data_prep import core, medmnist  # noqa: E402
 
 KINDS = {
     "rgb_figure": ((2048, 1536), "RGB", "JPEG"),
@@ -85,14 +95,57 @@ def time_build(raw: str, workers: int, max_side: int) -> tuple[float, int]:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def write_medmnist(root: str, configs: int, count: int) -> None:
+    """`configs` MedMNIST npz files of `count` 8x8 RGB images per split."""
+    rng = np.random.default_rng(0)
+    for config in medmnist.CONFIGS[:configs]:
+        arrays = {}
+        for split in medmnist.PUBLISHER_SPLITS:
+            arrays[f"{split}_images"] = rng.integers(0, 256, (count, 8, 8, 3), np.uint8)
+            arrays[f"{split}_labels"] = np.zeros((count, 1), np.uint8)
+        np.savez(os.path.join(root, f"{config.name}.npz"), **arrays)
+
+
+def time_medmnist(raw: str, workers: int, one_pool: bool) -> float:
+    out = tempfile.mkdtemp(prefix="bench_out_")
+    try:
+        start = time.perf_counter()
+        with core.conversion_pool(workers) if one_pool else contextlib.nullcontext():
+            build_lib.build("medmnist", raw, out, max_image_side=64, workers=workers)
+        return time.perf_counter() - start
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main_medmnist(configs: int, count: int, workers: list[int], one_pool: bool) -> None:
+    raw = tempfile.mkdtemp(prefix="bench_raw_")
+    try:
+        write_medmnist(raw, configs, count)
+        print(f"{os.cpu_count()} CPUs; MedMNIST, {configs} configs x 3 splits x {count} images; "
+              f"one pool around the build: {one_pool}")
+        print("| workers | seconds |")
+        print("|---|---|")
+        for w in workers:
+            print(f"| {w} | {time_medmnist(raw, w, one_pool):.1f} |", flush=True)
+    finally:
+        shutil.rmtree(raw, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--workers", default=f"1,{os.cpu_count() or 1}")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--max_image_side", type=int, default=512)
+    parser.add_argument("--medmnist_configs", type=int, default=0,
+                        help="time process start-up on a MedMNIST build of this many configs")
+    parser.add_argument("--one_pool", action="store_true",
+                        help="with --medmnist_configs: one conversion_pool around the build")
     args = parser.parse_args()
     workers = sorted({int(w) for w in args.workers.split(",")})
+    if args.medmnist_configs:
+        main_medmnist(args.medmnist_configs, args.images, workers, args.one_pool)
+        return
     print(f"{os.cpu_count()} CPUs; {args.images} images per kind; max side {args.max_image_side}")
     print("| image kind | source size | MB on disk | workers | seconds | images/s | speed-up |")
     print("|---|---|---|---|---|---|---|")

@@ -6,7 +6,8 @@ A builder only says how to *scan* its publisher's folder: `ManualImageBuilder.sc
 the non-image fields) plus the `Reject`s it met while reading annotation files (malformed rows,
 empty or non-UTF-8 captions, duplicate ids, unknown labels). The base class converts every
 item's image (`images.convert_image`: colour modes normalised, downscaled to `max_side`,
-re-encoded) in a pool of worker processes, writes the records with TFDS as ArrayRecord (for
+re-encoded) in a pool of worker processes (one pool for every split of a build:
+`conversion_pool`), writes the records with TFDS as ArrayRecord (for
 ``--file_format tfrecord`` rewritten as TFRecord by `medclip_jax.data.tfrecord` before TFDS
 renames the folder: TFDS would need TensorFlow), and afterwards writes next to `dataset_info.json`:
 
@@ -29,6 +30,8 @@ not converted again; the records are then written anew, which is fast.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import json
@@ -352,11 +355,57 @@ def batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield batch
 
 
+class WorkerPool:
+    """Conversion processes, started when first needed. Starting them costs about a second
+    each (a spawned worker imports TFDS and PIL), so one pool serves every split of a build
+    (`conversion_pool`): a pool per split made small builds with 2 workers 20-40x slower than
+    with one."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._executor is None:
+            # spawn: the parent may hold threads (TFDS, grain) that make fork unsafe.
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+_open_pool: WorkerPool | None = None  # the innermost `conversion_pool` block's
+
+
+@contextlib.contextmanager
+def conversion_pool(workers: int) -> Iterator[WorkerPool]:
+    """Inside the block, every conversion with `workers` processes shares one pool, stopped
+    when the block ends (`prepare` opens one per dataset config; a caller building several
+    configs opens one around them all). A nested block with the same count shares the outer
+    pool."""
+    global _open_pool
+    if _open_pool is not None and _open_pool.workers == workers:
+        yield _open_pool
+        return
+    outer, pool = _open_pool, WorkerPool(workers)
+    _open_pool = pool
+    try:
+        yield pool
+    finally:
+        _open_pool = outer
+        pool.close()
+
+
 def converted(items: Iterable[Item], count: int, options: ConversionOptions,
               reuse: Callable[[Item], dict[str, Any] | Reject | None] = lambda item: None
               ) -> Iterator[tuple[Item, dict[str, Any] | Reject]]:
-    """(item, `convert_item(item)`) over `items` in order, on `options.workers` processes; an item for which
-    `reuse` returns a result (an earlier run's) is not converted again.
+    """(item, `convert_item(item)`) over `items` in order, on `options.workers` processes (the
+    open `conversion_pool`'s, else a pool of its own); an item for which `reuse` returns a
+    result (an earlier run's) is not converted again.
 
     Items are read once, as they are consumed, and at most ``4 * workers`` batches are in
     flight, so memory stays bounded for item lists that stream pixel arrays from disk
@@ -366,11 +415,9 @@ def converted(items: Iterable[Item], count: int, options: ConversionOptions,
             reused = reuse(item)
             yield item, reused if reused is not None else convert_item(item, options.max_side)
         return
-    import concurrent.futures
     size = max(1, min(64, count // (options.workers * 8)))
-    # spawn: the parent may hold threads (TFDS, grain) that make fork unsafe.
-    pool = concurrent.futures.ProcessPoolExecutor(
-        options.workers, mp_context=multiprocessing.get_context("spawn"))
+    shared = _open_pool if _open_pool and _open_pool.workers == options.workers else None
+    pool = shared or WorkerPool(options.workers)  # outside a `conversion_pool`: its own
     window: collections.deque = collections.deque()
 
     def merged(batch: list[Item], reused: list[Any], future: Any) -> Iterator[Any]:
@@ -382,13 +429,17 @@ def converted(items: Iterable[Item], count: int, options: ConversionOptions,
         for batch in batches(items, size):
             reused = [reuse(item) for item in batch]
             todo = [item for item, r in zip(batch, reused) if r is None]
-            window.append((batch, reused, pool.submit(_convert_batch, todo, options.max_side)))
+            window.append((batch, reused,
+                           pool.executor().submit(_convert_batch, todo, options.max_side)))
             if len(window) >= 4 * options.workers:
                 yield from merged(*window.popleft())
         while window:
             yield from merged(*window.popleft())
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for _, _, future in window:  # stopped early: the pool may serve the next split
+            future.cancel()
+        if shared is None:
+            pool.close()
 
 
 def convert_items(items: Sequence[Item], split: str, options: ConversionOptions,
@@ -594,7 +645,8 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder):
     def _download_and_prepare(self, dl_manager: Any, download_config: Any) -> None:
         """TFDS's build, then the report files, written into the folder TFDS is about to
         rename to the final version folder, so a complete version always has them."""
-        super()._download_and_prepare(dl_manager, download_config)
+        with conversion_pool(self.options.workers):  # one for all splits
+            super()._download_and_prepare(dl_manager, download_config)
         if self.output_format == "tfrecord":
             tfrecord.rewrite_as_tfrecord(self.info, os.fspath(self.data_dir))
         self.report.check()

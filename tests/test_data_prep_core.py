@@ -340,3 +340,17 @@ def test_check_counts_rows_where_a_builder_read_them():
     assert report.to_json()["rows_read"] == {"train": 4}
     assert "rows_read" not in core.BuildReport("y", {"train": 1}, {"train": 1}).to_json()
 
+
+def test_conversion_pool_is_shared_inside_the_block_and_closed_after():
+    items = [core.Item("train", f"x{i}", np.full((4, 4), i, np.uint8), {}) for i in range(6)]
+    options = core.ConversionOptions(max_side=8, workers=2, progress=False, resume=False)
+    with core.conversion_pool(2) as pool:
+        first = [r["id"] for _, r in core.converted(items, len(items), options)]
+        executor = pool.executor()
+        second = [r["id"] for _, r in core.converted(items, len(items), options)]
+        assert pool.executor() is executor  # the same processes served both
+        with core.conversion_pool(2) as inner:
+            assert inner is pool
+    assert first == second == [f"x{i}" for i in range(6)]
+    with pytest.raises(RuntimeError, match="shutdown"):  # stopped when the block ended
+        executor.submit(int)

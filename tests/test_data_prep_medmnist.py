@@ -158,3 +158,33 @@ def test_absent_and_broken_npz(tmp_path):
     np.savez(tmp_path / "bloodmnist_224.npz", **arrays)
     with pytest.raises(UserError, match="expected uint8 images"):
         run_build("medmnist@bloodmnist", tmp_path, tmp_path / "out")
+
+
+@pytest.fixture
+def pools_started(monkeypatch):
+    """Counts the process pools the conversion starts."""
+    import concurrent.futures
+    started = []
+
+    class Counting(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            started.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Counting)
+    return started
+
+
+def test_one_pool_for_every_split_of_a_build(medmnist_raw, tmp_path, pools_started):
+    """Starting conversion processes costs about a second each (they import TFDS): a build
+    starts them once, not once per split."""
+    (report,) = run_build("medmnist@pathmnist", medmnist_raw, tmp_path, workers=2)
+    assert report.written == {"train": 4, "validation": 2, "test": 3}
+    assert len(pools_started) == 1
+
+
+def test_one_pool_across_configs_inside_conversion_pool(medmnist_raw, tmp_path, pools_started):
+    with core.conversion_pool(2):
+        reports = build.build("medmnist", str(medmnist_raw), str(tmp_path), max_image_side=64,
+                              workers=2)
+    assert len(reports) == 3 and len(pools_started) == 1
