@@ -62,7 +62,21 @@ def config_names(cls: Any) -> list[str]:
 def build(spec: str, manual_dir: str, data_dir: str, file_format: str = "array_record",
           max_image_side: int = 512, workers: int = 1, progress: bool = False,
           resume: bool = True, log=None) -> list[core.BuildReport]:
-    """Builds ``name[@config]``; every config with raw files present when none is named."""
+    """Builds ``name[@config]``; every config with raw files present when none is named;
+    ``all``: `build_all` of `manual_dir`. Every config shares one pool of conversion
+    processes (starting one costs about a second)."""
+    kwargs = dict(file_format=file_format, max_image_side=max_image_side, workers=workers,
+                  progress=progress, resume=resume, log=log)
+    with core.conversion_pool(workers):
+        if spec == "all":
+            return build_all(manual_dir, data_dir, **kwargs)
+        return build_configs(spec, manual_dir, data_dir, **kwargs)
+
+
+def build_configs(spec: str, manual_dir: str, data_dir: str, file_format: str,
+                  max_image_side: int, workers: int, progress: bool, resume: bool,
+                  log=None) -> list[core.BuildReport]:
+    """`build` of one dataset, ``name[@config]``."""
     name, _, config = spec.partition("@")
     cls = builder_class(name)
     options = core.ConversionOptions(max_image_side, workers, progress, resume)
@@ -89,7 +103,8 @@ def build(spec: str, manual_dir: str, data_dir: str, file_format: str = "array_r
 
 def build_all(manual_root: str, data_dir: str, log=None, **kwargs: Any
               ) -> list[core.BuildReport]:
-    """Every dataset whose raw folder ``<manual_root>/<name>`` exists; lists the others."""
+    """Every dataset whose raw folder ``<manual_root>/<name>`` exists; lists the others. One
+    pool of conversion processes serves them all."""
     present = [n for n in BUILDERS if os.path.isdir(os.path.join(manual_root, n))]
     if not present:
         raise UserError(f"{manual_root}: no dataset folder found; expected one or more of "
@@ -98,9 +113,10 @@ def build_all(manual_root: str, data_dir: str, log=None, **kwargs: Any
         missing = [n for n in BUILDERS if n not in present]
         log(f"building {', '.join(present)}; no folder for {', '.join(missing) or 'none'}")
     reports = []
-    for name in present:
-        reports.extend(build(name, os.path.join(manual_root, name), data_dir, log=log,
-                             **kwargs))
+    with core.conversion_pool(kwargs.get("workers", 1)):
+        for name in present:
+            reports.extend(build(name, os.path.join(manual_root, name), data_dir, log=log,
+                                 **kwargs))
     return reports
 
 

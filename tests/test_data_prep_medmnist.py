@@ -183,6 +183,19 @@ def test_one_pool_for_every_split_of_a_build(medmnist_raw, tmp_path, pools_start
     assert len(pools_started) == 1
 
 
+def test_one_pool_for_a_whole_build_command(medmnist_raw, tmp_path, pools_started):
+    """`build medmnist` (every config) and `build all` start the conversion processes once."""
+    reports = build.build("medmnist", str(medmnist_raw), str(tmp_path / "one"),
+                          max_image_side=64, workers=2)
+    assert len(reports) == 3 and len(pools_started) == 1
+    root = tmp_path / "raw"
+    root.mkdir()
+    (root / "medmnist").symlink_to(medmnist_raw, target_is_directory=True)
+    reports = build.build("all", str(root), str(tmp_path / "all"), max_image_side=64,
+                          workers=2)
+    assert len(reports) == 3 and len(pools_started) == 2
+
+
 def test_one_pool_across_configs_inside_conversion_pool(medmnist_raw, tmp_path, pools_started):
     with core.conversion_pool(2):
         reports = build.build("medmnist", str(medmnist_raw), str(tmp_path), max_image_side=64,
