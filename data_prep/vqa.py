@@ -78,10 +78,10 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from data_prep import core
+from medclip_jax.data import text_ops
 from medclip_jax.errors import UserError
 
 CLOSED, OPEN = "closed", "open"
-TRAILING_PUNCTUATION = ".,;:!?"
 NORMALIZATION_RULE = ("lower-cased, whitespace runs collapsed to one space, trailing "
                       "'.', ',', ';', ':', '!', '?' removed")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -143,9 +143,10 @@ def optional_text(value: Any) -> str:
 
 
 def normalize_answer(answer: str) -> str:
-    """The form evaluation compares: lower-cased, whitespace collapsed, trailing punctuation
-    removed ("Yes." == "yes"; "Right  Lung" == "right lung")."""
-    return " ".join(answer.lower().split()).rstrip(TRAILING_PUNCTUATION + " ")
+    """The form evaluation compares, the same rule as for captions
+    (`text_ops.normalize_caption`: NFKC, lower-cased, whitespace collapsed, trailing
+    punctuation removed; "Yes." == "yes"; "Right  Lung" == "right lung")."""
+    return text_ops.normalize_caption(answer)
 
 
 def yes_no_answer_type(answer_normalized: str) -> str:

@@ -28,6 +28,19 @@ def run(args: list[str], env: dict[str, str], timeout: float = 300
                           timeout=timeout)
 
 
+def run_in_process(run_fn, argv: list[str], monkeypatch) -> None:
+    """An eval binary's `run()` with its flags parsed from `argv`, in this process.
+
+    config_flags reads the ``--config.x`` overrides from sys.argv, hence the patch."""
+    from absl import flags
+    monkeypatch.setattr(sys, "argv", argv)
+    flags.FLAGS(argv)
+    try:
+        run_fn()
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
 def final_params(workdir: str) -> dict[str, np.ndarray]:
     """The latest checkpoint's params as flat numpy arrays keyed by path (read with Orbax)."""
     import jax

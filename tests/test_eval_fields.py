@@ -4,11 +4,9 @@ evaluate; fields, templates and class names can be overridden from the eval conf
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
-from absl import flags
 
 from conftest import tiny_config
 from data_prep_helpers import run_build
@@ -16,7 +14,7 @@ from evals import linear_probe as linear_probe_eval
 from evals import retrieval as retrieval_eval
 from evals import vqa as vqa_eval
 from evals import zero_shot as zero_shot_eval
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, run_in_process
 from medclip_jax import train
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
@@ -202,12 +200,7 @@ def test_zero_shot_command_line_on_a_classification_build(data_dir, workdir, cap
     argv = ["zero_shot", f"--workdir={workdir}",
             f"--config={os.path.join(REPO_ROOT, 'configs', 'eval.py')}:tiny",
             f"--config.data_dir={data_dir}", f"--config.zero_shot.datasets=('{LUNG}/test',)"]
-    monkeypatch.setattr(sys, "argv", argv)
-    flags.FLAGS(argv)
-    try:
-        zero_shot_eval.run()
-    finally:
-        flags.FLAGS.unparse_flags()
+    run_in_process(zero_shot_eval.run, argv, monkeypatch)
     assert f"| {LUNG}/test:lc25000_lung |" in capsys.readouterr().out
 
 

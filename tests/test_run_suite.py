@@ -8,12 +8,11 @@ import types
 
 import ml_collections
 import pytest
-from absl import flags
 
 from evals import retrieval as retrieval_eval
 from evals import run_suite
 from evals import zero_shot as zero_shot_eval
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, run_in_process
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import runner
 from test_zero_shot_multilabel import mimic_data_dir, tiny_checkpoint
@@ -195,12 +194,7 @@ def test_command_line_entry_point(workdir, data_dir, capsys, monkeypatch):
             f"--config={os.path.join(REPO_ROOT, 'configs', 'eval.py')}:tiny",
             f"--config.data_dir={data_dir}", "--config.suite.evaluations=('retrieval',)",
             "--config.retrieval.datasets=('mimic_cxr/test','absent/test')"]
-    monkeypatch.setattr(sys, "argv", argv)
-    flags.FLAGS(argv)
-    try:
-        run_suite.run()
-    finally:
-        flags.FLAGS.unparse_flags()
+    run_in_process(run_suite.run, argv, monkeypatch)
     out = capsys.readouterr().out
     assert "[suite] retrieval:" in out and "| mimic_cxr/test:t2i |" in out
     path = os.path.join(workdir, "eval", "suite_step5.json")

@@ -99,11 +99,11 @@ def test_reads_and_rewrites_tensorflows_file_byte_for_byte(tmp_path):
 def test_shards_skip_and_take_in_order(tmp_path):
     """Records of shards [skip, skip + take) concatenated; negative and batched indices."""
     shards, first = [], 0
-    for k, (count, skip, take) in enumerate([(3, 1, 2), (4, 0, 4), (5, 2, 1)]):
+    for k, (count, skip, kept) in enumerate([(3, 1, 2), (4, 0, 4), (5, 2, 1)]):
         path = str(tmp_path / f"s{k}")
         tfrecord.write_records(path, [f"{k}-{j}".encode() for j in range(count)])
-        shards.append(tfrecord.Shard(path, skip, take, count, first))
-        first += take
+        shards.append(tfrecord.Shard(path, skip, kept, count, first))
+        first += kept
     source = tfrecord.TFRecordSource(shards, "s")
     expected = [b"0-1", b"0-2", b"1-0", b"1-1", b"1-2", b"1-3", b"2-2"]
     assert len(source) == 7 and [source[i] for i in range(7)] == expected

@@ -6,7 +6,7 @@ arXiv 2406.07450), in pieces that can each be tested alone:
 * **Questions.** One example per question: the real datasets store one record per question
   (`questions_from_records`), the synthetic dataset one record per image with a `vqa` sequence
   of question/answer pairs (`expand_image_records`). Answers are compared in the form
-  `data_prep.vqa.normalize_answer` gives (lower-cased, whitespace collapsed, trailing
+  `text_ops.normalize_caption` gives (NFKC, lower-cased, whitespace collapsed, trailing
   punctuation removed) -- the same function the dataset builders use. Questions of one image
   share one row of the image feature table (`image_row`), so an image is embedded once.
 * **Answer vocabulary** (`build_vocabulary`): the normalised answers of the train split, most
@@ -56,9 +56,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from data_prep.vqa import normalize_answer
 from medclip_jax import sharding
-from medclip_jax.data import pipeline, sources
+from medclip_jax.data import pipeline
+from medclip_jax.data.text_ops import normalize_caption as normalize_answer
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import runner
 from medclip_jax.models import DualEncoder
