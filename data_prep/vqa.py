@@ -82,8 +82,8 @@ from medclip_jax.data import text_ops
 from medclip_jax.errors import UserError
 
 CLOSED, OPEN = "closed", "open"
-NORMALIZATION_RULE = ("lower-cased, whitespace runs collapsed to one space, trailing "
-                      "'.', ',', ';', ':', '!', '?' removed")
+NORMALIZATION_RULE = ("Unicode NFKC, lower-cased, whitespace runs collapsed to one space, "
+                      "trailing '.', ',', ';', ':', '!', '?' removed")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 VQA_RAD_JSON = "VQA_RAD Dataset Public.json"
