@@ -31,14 +31,18 @@ def run(args: list[str], env: dict[str, str], timeout: float = 300
 def run_in_process(run_fn, argv: list[str], monkeypatch) -> None:
     """An eval binary's `run()` with its flags parsed from `argv`, in this process.
 
-    config_flags reads the ``--config.x`` overrides from sys.argv, hence the patch."""
+    config_flags reads the ``--config.x`` overrides from sys.argv, hence the patch; parsing
+    defines one flag per override, removed again afterwards so that a later test can parse."""
     from absl import flags
     monkeypatch.setattr(sys, "argv", argv)
+    before = set(flags.FLAGS)
     flags.FLAGS(argv)
     try:
         run_fn()
     finally:
         flags.FLAGS.unparse_flags()
+        for name in set(flags.FLAGS) - before:
+            delattr(flags.FLAGS, name)
 
 
 def final_params(workdir: str) -> dict[str, np.ndarray]:
