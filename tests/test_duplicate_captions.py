@@ -356,6 +356,7 @@ def test_eval_batches_have_no_caption_hash(tiny_data_dir):
 
 # ---------------------------------------------------------------- training
 
+@pytest.mark.slow
 def test_grad_accumulation_sees_duplicates_across_micro_batches():
     """With 4 micro-batches, rows 0 and 1 (caption "A") fall into different micro-batches
     (row r of micro-batch m is global row m + 4r) and on different devices."""
@@ -392,6 +393,7 @@ def test_grad_accumulation_sees_duplicates_across_micro_batches():
     assert abs(float(results[4, False][0][0]) - float(loss_4)) > 1e-3  # the hashes arrived
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accum", [1, 2])
 def test_one_train_step_with_the_option_on(tiny_data_dir, tmp_path, accum):
     config = tiny_config(tiny_data_dir, max_steps=1, grad_accum_steps=accum,

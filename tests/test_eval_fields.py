@@ -121,6 +121,7 @@ def test_retrieval_reads_captions_when_present_else_caption(loaded, data_dir):
     assert first_only["num_texts"] == len({c.strip() for c in firsts if c.strip()})
 
 
+@pytest.mark.slow
 def test_linear_probe_on_a_classification_build(loaded, data_dir, tmp_path):
     config = eval_config(data_dir)
     config.linear_probe.datasets = (LUNG, "synthetic_medical@tiny")

@@ -10,6 +10,7 @@ from medclip_jax.errors import UserError
 from medclip_jax.models import build_model, model_config
 
 
+@pytest.mark.slow
 def test_accumulated_grads_equal_full_batch_grads():
     config = model_config("tiny")
     config.text.vocab_size = 100
@@ -44,6 +45,7 @@ def params_after(data_dir: str, workdir: str, accum: int, batch_size: int):
     return train.train_and_evaluate(config, workdir).params
 
 
+@pytest.mark.slow
 def test_accumulated_gradients_match_full_batch(tiny_data_dir, tmp_path):
     full = params_after(tiny_data_dir, str(tmp_path / "full"), 1, 32)
     accumulated = params_after(tiny_data_dir, str(tmp_path / "accum"), 4, 32)
@@ -71,6 +73,7 @@ def test_split_and_merge_are_inverse():
     assert merged["s"].shape == ()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["slip", "declip"])
 def test_accumulated_grads_equal_full_batch_grads_with_views_heads_and_state(method):
     import importlib

@@ -203,6 +203,7 @@ def feature_cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("lp_out"))
 
 
+@pytest.mark.slow
 def test_features_are_cached_and_a_second_run_does_not_embed(tiny_data_dir, tiny_workdir,
                                                              feature_cache, monkeypatch):
     from evals import linear_probe as lp_eval
@@ -268,6 +269,7 @@ def test_validation_is_carved_when_the_dataset_has_no_such_split(tiny_data_dir, 
         lp_eval.evaluate(loaded, tiny_data_dir, config, feature_cache)
 
 
+@pytest.mark.slow
 def test_binary_end_to_end_on_a_tiny_checkpoint(tiny_data_dir, tiny_workdir, feature_cache):
     """The real binary; it reads the features cached by the first test when that ran."""
     cache_dir = os.path.join(feature_cache, "features")

@@ -11,6 +11,9 @@ from conftest import tiny_config
 from helpers import set_dotted
 from medclip_jax import train
 
+# Trains every method for 48 steps: the slow tier.
+pytestmark = pytest.mark.slow
+
 # (config file, config argument, overrides)
 RUNS = {
     "convirt": ("convirt", "tiny", {}),

@@ -256,6 +256,7 @@ def test_base_param_count_matches_openai_clip_vit_b16():
     assert count(shapes) == 149_620_737
 
 
+@pytest.mark.slow
 def test_remat_and_dropout():
     """Remat changes memory, not values: same loss and grads with dropout on, same names."""
     model = build_model(tiny_config(dropout=0.1, remat=True))

@@ -27,6 +27,7 @@ def minilm():
     return BertTextEncoder(**fields, pooling="mean"), params
 
 
+@pytest.mark.slow
 def test_minilm_reproduces_the_reference_similarity(minilm):
     model, params = minilm
     ids, mask = tokenizers.load_tokenizer("minilm")(SENTENCES, 64)
@@ -37,6 +38,7 @@ def test_minilm_reproduces_the_reference_similarity(minilm):
     assert tokens.shape == (2, ids.shape[1], 384)
 
 
+@pytest.mark.slow
 def test_param_tree_matches_a_fresh_encoder(minilm):
     model, params = minilm
     ids = np.zeros((1, 8), np.int32)

@@ -12,6 +12,9 @@ from medclip_jax.errors import UserError
 from medclip_jax.models.text import BertTextEncoder
 from medclip_jax.pretrained import hf_bert, init as init_lib
 
+# PyTorch parity and training from imported weights: the slow tier.
+pytestmark = pytest.mark.slow
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

@@ -76,6 +76,7 @@ def our_features(params, cfg, pixels, ids, mask):
     return np.asarray(out.image_emb), np.asarray(out.text_emb), float(out.logit_scale)
 
 
+@pytest.mark.slow
 def test_parity_with_pytorch(hf_folder):
     folder, model = hf_folder
     params, cfg = hf_clip.import_clip(folder)
@@ -220,6 +221,7 @@ def write_clip_tokenizer(folder: str) -> None:
     tokenizer.save_pretrained(folder)
 
 
+@pytest.mark.slow
 def test_paper_preset_starts_both_towers_and_the_tokenizer_from_one_clip_folder(
         tiny_data_dir, tmp_path):
     """`configs/clip.py:paper --config.init.clip=<folder>` with the model shrunk to a tiny CLIP:

@@ -29,6 +29,9 @@ open_clip = pytest.importorskip("open_clip")
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import save_file  # noqa: E402
 
+# PyTorch parity and training from imported weights: the slow tier.
+pytestmark = pytest.mark.slow
+
 NATIVE_CFG = {"embed_dim": 24, "quick_gelu": True,
               "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16,
                              "patch_size": 8},

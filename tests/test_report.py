@@ -305,6 +305,7 @@ def test_plots_are_valid_pngs(runs_dir, tmp_path):
     assert "![Method × task heat map](heatmap.png)" in text
 
 
+@pytest.mark.slow
 def test_binary_writes_report(runs_dir, tmp_path):
     out = tmp_path / "report"
     result = subprocess.run(
@@ -331,6 +332,7 @@ def test_binary_writes_report(runs_dir, tmp_path):
     assert math.isfinite(summary["mean_rank"]["clip"]["mean"])
 
 
+@pytest.mark.slow
 def test_missing_cells_and_require_complete(runs_dir, tmp_path):
     _, bench = load(runs_dir)
     gaps = report.missing_cells(bench)

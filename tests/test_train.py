@@ -16,6 +16,7 @@ from medclip_jax import train
 from medclip_jax.errors import UserError
 
 
+@pytest.mark.slow
 def test_one_step_end_to_end(tiny_data_dir, tmp_path):
     config = tiny_config(tiny_data_dir, max_steps=1, **{"eval.every_steps": 1})
     state = train.train_and_evaluate(config, str(tmp_path))
@@ -29,6 +30,7 @@ def test_one_step_end_to_end(tiny_data_dir, tmp_path):
     assert (tmp_path / "checkpoints" / "1").is_dir()
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_evals_run_from_checkpoint(tiny_data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     env = subprocess_env(num_devices=2)
@@ -70,6 +72,7 @@ def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_sigkill_and_sigterm_resume_match_uninterrupted_run(tiny_data_dir, tmp_path):
     env = subprocess_env(num_devices=1)
     args = ("--config.num_epochs=15", "--config.eval.every_steps=0",
@@ -149,6 +152,7 @@ def test_cli_user_error_is_one_line_and_nonzero(tiny_data_dir, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_checkpoint_shape_mismatch_names_the_tensor(tiny_data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(tiny_config(tiny_data_dir, max_steps=1), workdir)
@@ -164,6 +168,7 @@ def _params_after_steps(data_dir: str, workdir: str, mesh: dict, steps: int = 3)
     return state.params
 
 
+@pytest.mark.slow
 def test_data_parallel_and_fsdp_give_the_same_params(tiny_data_dir, tmp_path):
     import jax
     dp = _params_after_steps(tiny_data_dir, str(tmp_path / "dp"), {"data": 8, "fsdp": 1})
@@ -182,6 +187,7 @@ def test_missing_eval_split_fails_at_start(tiny_data_dir, tmp_path):
         train.setup(config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_one_line(tiny_data_dir, tmp_path):
     config = tiny_config(tiny_data_dir, max_steps=2, **{"optim.learning_rate": float("nan"),
                                                         "eval.every_steps": 0})

@@ -208,6 +208,7 @@ def test_fusion_logit_shapes_and_padding_tokens_are_ignored(fusion, queries):
     np.testing.assert_allclose(np.asarray(apply(changed)), logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["bilinear", "cross_attention"])
 def test_head_learns_a_separable_toy_problem(fusion):
     mesh = one_device_mesh()
@@ -233,6 +234,7 @@ def test_head_learns_a_separable_toy_problem(fusion):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_predictions_cover_every_question_once_in_order():
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1})  # 45 questions in sharded batches of 16
     tables, answer, vocab = toy_problem(2, 45)
@@ -287,6 +289,7 @@ def brute_force_test_questions(data_dir: str) -> tuple[int, int]:
     return total, closed
 
 
+@pytest.mark.slow
 def test_binary_end_to_end(tiny_data_dir, tiny_workdir):
     env = subprocess_env(num_devices=2)
     result = run([sys.executable, "-m", "evals.vqa", "--workdir", tiny_workdir,
@@ -321,6 +324,7 @@ def one_device_model(tiny_workdir):
         loaded.params, sharding.replicated(mesh)))
 
 
+@pytest.mark.slow
 def test_per_question_records_in_vqa_rad_layout(one_device_model, tmp_path):
     """VQA-RAD's layout through its builder: one record per question, an image shared by
     several questions embedded once, a test answer never seen in train counted and wrong."""
@@ -363,6 +367,7 @@ def test_per_question_records_in_vqa_rad_layout(one_device_model, tmp_path):
     assert metrics["open_accuracy"] <= 0.5                # "mri" can never be right
 
 
+@pytest.mark.slow
 def test_finetuned_image_tower_with_cross_attention(tiny_data_dir, one_device_model):
     """finetune_image: the head trains on the pixels through the image tower, which moves."""
     from configs import eval as eval_config

@@ -285,6 +285,7 @@ def reference_scores(loaded, data_dir, task):
     return scores, values[:, task["columns"]]
 
 
+@pytest.mark.slow
 def test_zero_shot_on_tiny_mimic_build(mimic_dir, loaded):
     meta = sources.dataset_metadata(mimic_dir, "mimic_cxr")
     task = zero_shot_eval.multilabel_task("mimic_cxr/test", "chexpert", meta["tasks"]["chexpert"])
