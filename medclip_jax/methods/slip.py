@@ -20,8 +20,8 @@ def configure(config: ml_collections.ConfigDict, preset: str) -> None:
     config.data.image_views = 2
 
 
-def reads(ssl_weight: float = 1.0, **_) -> set[str]:
-    return {"ssl_emb"} if ssl_weight > 0 else set()
+def reads(**loss_kwargs) -> set[str]:
+    return slip.required_outputs(**loss_kwargs) - {"image_emb", "text_emb", "logit_scale"}
 
 
 METHOD = Method(
