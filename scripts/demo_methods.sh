@@ -10,7 +10,8 @@ PY=.venv/bin/python
 EPOCHS="${EPOCHS:-10}"
 METHODS=("$@")
 if [ ${#METHODS[@]} -eq 0 ]; then  # every config file of the method registry (lit included)
-  read -r -a METHODS <<< "$($PY -m medclip_jax.methods --configs)"
+  CONFIGS="$($PY -m medclip_jax.methods --configs)"
+  read -r -a METHODS <<< "$CONFIGS"
 fi
 [ -d data/tfds/synthetic_medical/default ] || \
   $PY -m data_prep.synthetic_medical --data_dir data/tfds --config default
