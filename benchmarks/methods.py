@@ -31,23 +31,12 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 
 from benchmarks.train_step import benchmark_config, preset_config  # noqa: E402
-from medclip_jax import sharding  # noqa: E402
+from medclip_jax import methods, sharding  # noqa: E402
 
 MIB = 2 ** 20
-# (label, config module, config argument suffix, overrides)
-METHODS = {
-    "clip": ("clip", "", {}),
-    "convirt": ("convirt", "", {}),
-    "vse": ("vse", "", {}),
-    "cyclip": ("cyclip", "", {}),
-    "slip": ("slip", "", {}),
-    "declip": ("declip", "", {}),
-    "filip": ("filip", "", {}),
-    "gloria": ("gloria", "", {}),
-    "siglip": ("siglip", "", {}),
-    "siglip_ring": ("siglip", "", {"implementation": "ring"}),
-    "lit": ("lit", ",lock=tower", {}),
-}
+# label -> (config module, config argument suffix, loss overrides): every method of the
+# registry and its variants (siglip_ring, lit).
+METHODS = methods.runs()
 DEFAULT_BATCH = {"demo": 128, "paper": 8}
 
 

@@ -37,7 +37,7 @@ def benchmark_config(config, steps: int) -> dict[str, float]:
     """Compile time, median step time, pairs/s and per-device memory of the config's step."""
     mesh = sharding.make_mesh(dict(config.mesh))
     sharding.check_batch_size(config.batch_size, mesh)
-    model = build_model(config.model)
+    model = build_model(config.model, config.method)
     state, jitted = train.init_state_and_step(config, model, mesh, total_steps=10_000,
                                               rng=jax.random.key(0))
     batch = sharding.to_global_batch(synthetic_batch.random_batch(config, config.batch_size), mesh)

@@ -4,15 +4,17 @@ Method configs (``configs/<method>.py``) import this, select their loss and chan
 method needs, so every method trains under one identical setup.
 
 Fields:
-  method            name of the contrastive loss in ``medclip_jax.losses.REGISTRY``.
-  loss              keyword arguments for that loss (method-specific).
+  method            a method of ``medclip_jax.methods`` (one module each: loss, heads, inputs,
+                    state, defaults); ``configs/<method>.py`` is `method_config`.
+  loss              keyword arguments for that method's loss (method-specific).
                     ``loss.duplicate_captions`` (CLIP, ConVIRT, CyCLIP, SigLIP, SLIP, DeCLIP,
                     VSE++; default False): pairs of the global batch whose captions are
                     identical after normalisation (case, Unicode NFKC, whitespace, trailing
                     punctuation) are positives, not negatives; InfoNCE targets become uniform
                     over them, SigLIP labels them +1 (``medclip_jax/losses/clip.py``).
-  model             the towers (see ``medclip_jax/models/presets.py``); ``text.vocab_size <= 0``
-                    takes the tokenizer's vocabulary size.
+  model             the towers (see ``medclip_jax/models/presets.py``), plus the fields of the
+                    method's heads; ``text.vocab_size <= 0`` takes the tokenizer's vocabulary
+                    size.
   data              input pipeline (see ``medclip_jax/data/pipeline.py``), including the extra
                     image/text views and MLM inputs that SLIP and DeCLIP switch on.
   batch_size        global batch size, split over all data-parallel devices.
@@ -259,6 +261,15 @@ def apply_preset(config: ml_collections.ConfigDict, arg: str,
         raise UserError(f"config preset: unknown preset {preset!r}; choose demo, tiny, paper "
                         f"or rehearsal")
     return apply_options(config, options)
+
+
+def method_config(method: str, arg: str, defaults: dict[str, str] | None = None
+                  ) -> ml_collections.ConfigDict:
+    """The base config with the preset and options of `arg`, then the defaults of `method`
+    (`medclip_jax.methods`: its loss, heads, views): what every ``configs/<method>.py`` is."""
+    from medclip_jax import methods
+    config = apply_preset(get_base_config(), arg, defaults)
+    return methods.get(method).make_config(config, preset_name(arg))
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

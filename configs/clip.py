@@ -24,6 +24,4 @@ from configs import base
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    config = base.get_base_config()
-    config.method = "clip"
-    return base.apply_preset(config, arg)
+    return base.method_config("clip", arg)

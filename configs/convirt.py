@@ -10,10 +10,4 @@ from configs import base
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    config = base.apply_preset(base.get_base_config(), arg)
-    config.method = "convirt"
-    config.loss = ml_collections.ConfigDict({"temperature": 0.1, "image_to_text_weight": 0.75,
-                                          "duplicate_captions": False})
-    config.model.projection = "mlp"
-    config.model.projection_hidden_dim = 2 * config.model.embed_dim
-    return config
+    return base.method_config("convirt", arg)

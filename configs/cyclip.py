@@ -11,9 +11,4 @@ from configs import base
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    config = base.apply_preset(base.get_base_config(), arg)
-    config.method = "cyclip"
-    config.loss = ml_collections.ConfigDict(
-        {"in_modal_weight": 0.25, "cross_modal_weight": 0.25, "reduction": "mean",
-         "duplicate_captions": False})
-    return config
+    return base.method_config("cyclip", arg)

@@ -16,9 +16,4 @@ from configs import base
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    config = base.apply_preset(base.get_base_config(), arg)
-    config.method = "filip"
-    config.loss = ml_collections.ConfigDict(dict(
-        chunk_size=8, token_keep_fraction=1.0, exclude_special_tokens=False))
-    config.model.token_projection = "shared"
-    return config
+    return base.method_config("filip", arg)

@@ -15,11 +15,4 @@ from configs import base
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    config = base.apply_preset(base.get_base_config(), arg)
-    config.method = "gloria"
-    config.loss = ml_collections.ConfigDict(dict(
-        variant="code", attention_temperature=4.0, aggregation_temperature=5.0,
-        contrastive_temperature=10.0, global_weight=1.0, local_weight=1.0,
-        exclude_special_tokens=True, chunk_size=8))
-    config.model.token_projection = "separate"
-    return config
+    return base.method_config("gloria", arg)

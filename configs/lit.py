@@ -22,6 +22,4 @@ from configs import base
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    config = base.apply_preset(base.get_base_config(), arg, defaults={"lock": "tower"})
-    config.method = "clip"
-    return config
+    return base.method_config("clip", arg, defaults={"lock": "tower"})

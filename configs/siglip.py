@@ -15,14 +15,4 @@ from configs import base
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    config = base.apply_preset(base.get_base_config(), arg)
-    config.method = "siglip"
-    config.loss = ml_collections.ConfigDict({"implementation": "global",
-                                          "duplicate_captions": False})
-    config.model.init_logit_scale = 10.0
-    config.model.max_logit_scale = 1e6
-    config.model.init_logit_bias = -10.0
-    # Starting from CLIP weights keeps SigLIP's own t' = log 10, b = -10 (CLIP's scale of 100
-    # would saturate the sigmoid at the start).
-    config.init.logit_scale = False
-    return config
+    return base.method_config("siglip", arg)

@@ -13,13 +13,4 @@ from configs import base
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    config = base.apply_preset(base.get_base_config(), arg)
-    config.method = "slip"
-    config.loss = ml_collections.ConfigDict({"ssl_temperature": 0.1, "ssl_weight": 1.0,
-                                          "duplicate_captions": False})
-    config.model.ssl_head.kind = "simclr"
-    if base.preset_name(arg) == "paper":  # SLIP's head: 4096-4096-256.
-        config.model.ssl_head.hidden_dim = 4096
-        config.model.ssl_head.out_dim = 256
-    config.data.image_views = 2
-    return config
+    return base.method_config("slip", arg)

@@ -12,8 +12,4 @@ from configs import base
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    config = base.apply_preset(base.get_base_config(), arg)
-    config.method = "vse"
-    config.loss = ml_collections.ConfigDict({"margin": 0.2, "max_violation": True,
-                                          "reduction": "mean", "duplicate_captions": False})
-    return config
+    return base.method_config("vse", arg)

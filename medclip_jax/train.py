@@ -19,10 +19,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from medclip_jax import checkpointing, losses, models, optim, preemption, sharding
+from medclip_jax import checkpointing, methods, models, optim, preemption, sharding
 from medclip_jax.data import pipeline, sources, tokenizers
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import embed, fields, retrieval
+from medclip_jax.losses import clip as clip_losses
 from medclip_jax.metric_logging import MetricWriter, Progress, format_duration
 from medclip_jax.models import DualEncoder, build_model
 from medclip_jax.models.dual_encoder import clamped_scale
@@ -43,17 +44,14 @@ def rest_of_state(state: TrainState) -> dict[str, Any]:
             "method_state": state.method_state}
 
 
-def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The batch entries the model and the loss read (views, MLM inputs, caption hashes only
-    when the pipeline made them)."""
-    keys = ("image", "text_ids", "text_mask", *models.dual_encoder.OPTIONAL_INPUTS,
-            *models.dual_encoder.LOSS_INPUTS)
-    return {k: batch[k] for k in keys if k in batch}
+def model_inputs(batch: dict[str, Any], method: str) -> dict[str, Any]:
+    """The batch entries the method's model and loss read (`methods.batch_keys`)."""
+    return {k: batch[k] for k in methods.batch_keys(method) if k in batch}
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Fails at start-up, naming the field, on values that cannot work."""
-    losses.check_loss_kwargs(config.method, dict(config.loss))
+    methods.check_loss_kwargs(config.method, dict(config.loss))
     for field in ("batch_size", "log_every_steps", "checkpoint.every_steps"):
         value = functools.reduce(getattr, field.split("."), config)
         if not isinstance(value, int) or value <= 0:
@@ -152,7 +150,7 @@ def make_grad_fn(model: DualEncoder, loss_fn: Callable, grad_accum_steps: int = 
                  mesh: Mesh | None = None) -> Callable:
     """`(params, method_state, batch, rng) -> ((loss, (metrics, outputs)), grads)`.
 
-    `loss_fn(outputs, method_state) -> (loss, metrics)` (see `losses.bind_loss`) sees the whole
+    `loss_fn(outputs, method_state) -> (loss, metrics)` (see `methods.bind_loss`) sees the whole
     global batch.
 
     With `grad_accum_steps > 1` the loss still sees the whole global batch (every negative),
@@ -239,15 +237,16 @@ def init_state_and_step(config: ml_collections.ConfigDict, model: DualEncoder, m
                                             config.sharding.rules, mesh)
     replicated = sharding.replicated(mesh)
     method_state = jax.device_put(
-        losses.init_method_state(config.method, config.loss, config.model.embed_dim), replicated)
+        methods.init_method_state(config.method, config.loss, config.model.embed_dim),
+        replicated)
     state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
                        params=params, opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(params),
                        method_state=method_state)
     state_shardings = TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings,
                                  method_state=jax.tree.map(lambda _: replicated, method_state))
-    grad_fn = make_grad_fn(model, losses.bind_loss(config.method, config.loss, mesh),
+    grad_fn = make_grad_fn(model, methods.bind_loss(config.method, config.loss, mesh),
                            config.grad_accum_steps, mesh)
-    update = losses.bind_state_update(config.method, config.loss)
+    update = methods.bind_state_update(config.method, config.loss)
     train_step = jax.jit(make_train_step(tx, schedule, grad_fn, update),
                          in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
                          out_shardings=(state_shardings, replicated), donate_argnums=(0,))
@@ -275,7 +274,7 @@ def resolve_model(config: ml_collections.ConfigDict
         tokenizer = tokenizers.with_mask_token(tokenizer)
     config = ml_collections.ConfigDict(config.to_dict())
     config.model = model_config_with_vocab(config.model, tokenizer)
-    return config, tokenizer, build_model(config.model)
+    return config, tokenizer, build_model(config.model, config.method)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpointing.Checkpointer]:
@@ -350,7 +349,7 @@ def validate(run: Run, params: Any) -> dict[str, float]:
     image_emb, text_emb = out["image_emb"], out["text_emb"]
     scale = clamped_scale(params["logit_scale"], config.model.max_logit_scale)
     chunk_losses = [
-        losses.clip.clip_loss(image_emb[i:i + config.batch_size],
+        clip_losses.clip_loss(image_emb[i:i + config.batch_size],
                               text_emb[i:i + config.batch_size], scale)[0]
         for i in range(0, len(image_emb), config.batch_size)]
     # Identical captions are one text whose positives are all their images (as in evals/);
@@ -405,7 +404,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     with preemption.PreemptionWatcher() as watcher:
         for step in range(start_step, run.total_steps):
             local_batch = next(run.data_iter)
-            batch = sharding.to_global_batch(model_inputs(local_batch), run.mesh)
+            batch = sharding.to_global_batch(model_inputs(local_batch, config.method),
+                                             run.mesh)
             state, metrics = run.train_step(state, batch, step_rng(config.seed, step))
             done = step + 1
             if step == start_step:

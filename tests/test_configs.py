@@ -8,7 +8,7 @@ import jax
 import pytest
 
 from conftest import REPO_ROOT
-from medclip_jax import losses
+from medclip_jax import methods
 from medclip_jax.errors import UserError
 from medclip_jax.models import build_model
 
@@ -38,11 +38,11 @@ def test_every_preset_builds(path):
         config = module.get_config(preset)
         assert config is not None
         if "method" in config:
-            assert config.method in losses.REGISTRY
+            assert config.method in methods.registry()
             model_cfg = config.model.copy_and_resolve_references()
             if model_cfg.text.vocab_size <= 0:
                 model_cfg.text.vocab_size = 1000
-            model = build_model(model_cfg)
+            model = build_model(model_cfg, config.method)
             size, length = model_cfg.image.image_size, model_cfg.text.max_len
             shapes = jax.eval_shape(
                 lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, size, size, 3)),
@@ -94,7 +94,7 @@ def test_paper_preset_without_the_clip_folder_fails_at_start_up_naming_the_flag(
     assert (config.init.image, config.init.text) == ("", "")
 
 
-@pytest.mark.parametrize("method", ["clip", "siglip", "filip", "slip", "declip", "convirt"])
+@pytest.mark.parametrize("method", methods.names())
 @pytest.mark.parametrize("lock,rules", [
     ("none", ()), ("tower", ((r"^image/", 0.0),)),
     ("4", ((r"^image/(patch_embed|cls_token|pos_embed|ln_pre|block_0|block_1|block_2|block_3)"

@@ -1,6 +1,7 @@
 """Duplicate-caption targets: each loss against a naive loop of its formula (with and without
 duplicates, on 1 and 8 devices), the pipeline's caption hash, and training with the option on."""
 
+import inspect
 import io
 import types
 
@@ -14,10 +15,11 @@ from PIL import Image
 
 from conftest import tiny_config
 from helpers import numeric_grad
-from medclip_jax import losses, sharding, train
+from medclip_jax import methods, sharding, train
 from medclip_jax.data import image_ops, pipeline, text_ops, tokenizers
 from medclip_jax.errors import UserError
 from medclip_jax.losses import declip, siglip, slip
+from medclip_jax.losses.clip import same_caption
 from medclip_jax.models import build_model, model_config
 
 N, DIM = 16, 6
@@ -123,8 +125,8 @@ def on_devices(count: int, *arrays):
 
 
 def bound_loss(method: str, **kwargs):
-    """The train step's view of the loss (`losses.bind_loss`), jitted, on (image, text, hash)."""
-    loss_fn = losses.bind_loss(method, kwargs)
+    """The train step's view of the loss (`methods.bind_loss`), jitted, on (image, text, hash)."""
+    loss_fn = methods.bind_loss(method, kwargs)
     return jax.jit(lambda image, text, h: loss_fn(outputs(image, text, h), {}))
 
 
@@ -173,7 +175,7 @@ def test_clip_gradient_matches_finite_differences_of_the_formula():
     image, text = embeddings(seed=3, n=6, dim=4)
     h = hashes(False, n=6)
     h[[2, 4]] = h[0]
-    loss_fn = losses.bind_loss("clip", {"duplicate_captions": True})
+    loss_fn = methods.bind_loss("clip", {"duplicate_captions": True})
     grads = jax.grad(lambda x, y: loss_fn(outputs(x, y, h), {})[0], argnums=(0, 1))(image, text)
     x64, y64 = image.astype(np.float64), text.astype(np.float64)
     want = (numeric_grad(lambda x: ref_clip(x, y64, 5.0, h), x64),
@@ -217,7 +219,7 @@ def test_slip_and_declip_contrastive_terms_take_the_targets():
     queue /= np.linalg.norm(queue, axis=1, keepdims=True)
     state = {"text_queue": queue, "queue_valid": np.ones(8, bool)}
     got = declip.nns_loss(image[:, None], text[:, None], jnp.float32(5.0), queue,
-                          state["queue_valid"], losses.clip.same_caption(h, h))
+                          state["queue_valid"], same_caption(h, h))
     neighbours = queue[np.argmax(unit(text.astype(np.float64)) @ queue.T, axis=1)]
     i2t, _ = ref_infonce(5.0 * unit(image.astype(np.float64)) @ unit(neighbours).T, h)
     np.testing.assert_allclose(got, i2t, rtol=2e-5)
@@ -265,14 +267,17 @@ def test_siglip_ring_carries_the_hashes_and_matches_global_and_one_device(mesh_n
 
 def test_option_errors_name_the_field():
     with pytest.raises(UserError, match=r"^config\.loss\.duplicate_captions: method 'filip'"):
-        losses.check_loss_kwargs("filip", {"duplicate_captions": True})
+        methods.check_loss_kwargs("filip", {"duplicate_captions": True})
     with pytest.raises(UserError, match="config.loss.duplicate_captions must be True or False"):
-        losses.check_loss_kwargs("clip", {"duplicate_captions": "yes"})
+        methods.check_loss_kwargs("clip", {"duplicate_captions": "yes"})
     image, text = embeddings()
     with pytest.raises(UserError, match="caption_hash"):
         bound_loss("clip", duplicate_captions=True)(image, text, None)
-    for method in ("clip", "convirt", "cyclip", "siglip", "slip", "declip", "vse"):
-        assert losses.supports_duplicate_captions(method), method
+    supported = {m.name for m in methods.registry().values() if m.duplicate_captions}
+    assert {"clip", "convirt", "cyclip", "siglip", "slip", "declip", "vse"} <= supported
+    for method in methods.registry().values():  # the flag says what the loss takes
+        takes = "duplicate_captions" in inspect.signature(method.loss).parameters
+        assert method.duplicate_captions == takes, method.name
 
 
 # ---------------------------------------------------------------- the pipeline's hash
@@ -373,7 +378,7 @@ def test_grad_accumulation_sees_duplicates_across_micro_batches():
              "text_ids": rng.integers(1, 100, size=(32, 16)).astype(np.int32),
              "text_mask": (np.arange(16)[None, :] < lengths[:, None]).astype(np.int32),
              "caption_hash": h}
-    batch = sharding.to_global_batch(train.model_inputs(local), mesh)
+    batch = sharding.to_global_batch(train.model_inputs(local, "clip"), mesh)
     assert "caption_hash" in batch
     params = train.init_params(model, config, jax.random.key(0),
                                sharding.tree_shardings(train.abstract_params(model, config),
@@ -381,7 +386,7 @@ def test_grad_accumulation_sees_duplicates_across_micro_batches():
     results = {}
     for accum in (1, 4):
         for on in (False, True):
-            loss_fn = losses.bind_loss("clip", {"duplicate_captions": on})
+            loss_fn = methods.bind_loss("clip", {"duplicate_captions": on})
             grad_fn = jax.jit(train.make_grad_fn(model, loss_fn, accum, mesh))
             results[accum, on] = grad_fn(params, {}, batch, jax.random.key(1))
     (loss_1, (_, merged)), grads_1 = results[1, True]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from medclip_jax import losses, sharding, train
+from medclip_jax import methods, sharding, train
 from medclip_jax.errors import UserError
 from medclip_jax.models import build_model, model_config
 
@@ -27,7 +27,7 @@ def test_accumulated_grads_equal_full_batch_grads():
                                                        ((".*", "fsdp"),), mesh))
     results = {}
     for accum in (1, 4):
-        grad_fn = jax.jit(train.make_grad_fn(model, losses.bind_loss("clip", {}), accum, mesh))
+        grad_fn = jax.jit(train.make_grad_fn(model, methods.bind_loss("clip", {}), accum, mesh))
         results[accum] = grad_fn(params, {}, batch, jax.random.key(1))
     (loss_1, _), grads_1 = results[1]
     (loss_4, _), grads_4 = results[4]
@@ -74,27 +74,27 @@ def test_split_and_merge_are_inverse():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["slip", "declip"])
+@pytest.mark.parametrize("method", [m.name for m in methods.registry().values() if m.inputs])
 def test_accumulated_grads_equal_full_batch_grads_with_views_heads_and_state(method):
     import importlib
     from medclip_jax.data import synthetic_batch
     config = importlib.import_module(f"configs.{method}").get_config("tiny")
     config.model.text.vocab_size = 100
     config.data.mlm.max_predictions = 3
-    model = build_model(config.model)
+    model = build_model(config.model, method)
     mesh = sharding.make_mesh({"data": 4, "fsdp": 2})
     batch = sharding.to_global_batch(synthetic_batch.random_batch(config, 16, seed=3), mesh)
     params = train.init_params(model, config.model, jax.random.key(0),
                                sharding.tree_shardings(train.abstract_params(model, config.model),
                                                        ((".*", "fsdp"),), mesh))
-    state = losses.init_method_state(method, config.loss, config.model.embed_dim)
+    state = methods.init_method_state(method, config.loss, config.model.embed_dim)
     if state:  # A partly filled queue, so the nearest-neighbour term takes part.
         rng = np.random.default_rng(1)
         state = dict(state, text_queue=rng.normal(size=state["text_queue"].shape).astype(
             np.float32), queue_valid=np.arange(len(state["queue_valid"])) < 20)
     results = {}
     for accum in (1, 2):
-        grad_fn = jax.jit(train.make_grad_fn(model, losses.bind_loss(method, config.loss, mesh),
+        grad_fn = jax.jit(train.make_grad_fn(model, methods.bind_loss(method, config.loss, mesh),
                                              accum, mesh))
         results[accum] = grad_fn(params, state, batch, jax.random.key(1))
     (loss_1, (metrics_1, _)), grads_1 = results[1]

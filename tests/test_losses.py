@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from helpers import numeric_grad
-from medclip_jax import losses, sharding
+from medclip_jax import methods, sharding
 from medclip_jax.errors import UserError
 from medclip_jax.losses.clip import clip_loss
 
@@ -77,6 +77,8 @@ def test_same_loss_and_grads_on_one_and_eight_devices(embeddings):
 
 
 def test_registry_rejects_unknown_method():
-    assert losses.get_loss("clip") is losses.REGISTRY["clip"]
-    with pytest.raises(UserError, match="config.method"):
-        losses.get_loss("not_a_method")
+    from medclip_jax.losses.clip import clip_loss_from_outputs
+    assert methods.get("clip").loss is clip_loss_from_outputs
+    assert methods.get("clip") is methods.registry()["clip"]
+    with pytest.raises(UserError, match=r"^config\.method: unknown method 'not_a_method'"):
+        methods.get("not_a_method")

@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from helpers import numeric_grad
-from medclip_jax import losses, sharding
+from medclip_jax import methods, sharding
 from medclip_jax.errors import UserError
 from medclip_jax.losses.convirt import convirt_loss
 from medclip_jax.losses.cyclip import cyclip_loss
@@ -130,10 +130,10 @@ def test_cyclip_terms_vanish_for_identical_modalities():
 
 
 def test_loss_kwargs_are_checked_against_the_method():
-    losses.check_loss_kwargs("vse", {"margin": 0.1, "max_violation": False})
+    methods.check_loss_kwargs("vse", {"margin": 0.1, "max_violation": False})
     with pytest.raises(UserError, match="config.loss"):
-        losses.check_loss_kwargs("vse", {"temperature": 0.1})
+        methods.check_loss_kwargs("vse", {"temperature": 0.1})
     with pytest.raises(UserError, match="config.loss"):
-        losses.check_loss_kwargs("clip", {"margin": 0.1})
+        methods.check_loss_kwargs("clip", {"margin": 0.1})
     with pytest.raises(UserError, match="reduction"):
         vse_loss(jnp.ones((2, 2)), jnp.ones((2, 2)), reduction="max")

@@ -1,5 +1,6 @@
-"""The model parts only some methods use: they appear only when configured, and compute what
-their docstrings say (checked against the same modules applied by hand)."""
+"""The heads that methods add to the towers: they appear only for their method and when
+configured, and compute what their docstrings say (checked against the same modules applied by
+hand)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,14 +11,17 @@ from flax import traverse_util
 
 from configs import base as config_base
 from helpers import set_dotted
+from medclip_jax import methods
 from medclip_jax.errors import UserError
 from medclip_jax.models import build_model, init_params, model_config
 
 B, L, IMAGE, VOCAB = 3, 16, 32, 100
 
 
-def config(**overrides):
-    cfg = model_config("tiny")
+def config(method: str = "clip", **overrides):
+    """The method's tiny `config.model` (its head fields included), with overrides."""
+    cfg = methods.get(method).make_config(config_base.get_config("tiny"), "tiny").model
+    cfg = ml_collections.ConfigDict(cfg.to_dict(), type_safe=False)  # wrong types on purpose
     cfg.text.vocab_size = VOCAB
     for key, value in overrides.items():
         set_dotted(cfg, key, value)
@@ -63,7 +67,8 @@ def test_clip_tree_has_no_optional_parts_and_outputs_are_none():
 
 
 def test_logit_bias_param_and_output():
-    model = build_model(config(init_logit_bias=-10.0, init_logit_scale=10.0))
+    model = build_model(config("siglip", init_logit_bias=-10.0, init_logit_scale=10.0),
+                        "siglip")
     params = params_for(model)
     assert float(params["logit_bias"]) == -10.0
     out = model.apply({"params": params}, batch(), method=model.apply_batch)
@@ -72,7 +77,7 @@ def test_logit_bias_param_and_output():
 
 
 def test_shared_token_projection_applies_the_pooled_heads_to_every_token():
-    model = build_model(config(token_projection="shared"))
+    model = build_model(config("filip", token_projection="shared"), "filip")
     params = params_for(model)
     assert "image_token_proj/kernel" not in names(params)
     out = model.apply({"params": params}, batch(), method=model.apply_batch)
@@ -85,7 +90,7 @@ def test_shared_token_projection_applies_the_pooled_heads_to_every_token():
 
 
 def test_separate_token_projection_has_its_own_heads():
-    model = build_model(config(token_projection="separate"))
+    model = build_model(config("gloria", token_projection="separate"), "gloria")
     params = params_for(model)
     assert {"image_token_proj/kernel", "text_token_proj/kernel"} <= names(params)
     out = model.apply({"params": params}, batch(), method=model.apply_batch)
@@ -96,7 +101,8 @@ def test_separate_token_projection_has_its_own_heads():
 
 
 def test_image_views_share_the_tower_and_feed_the_simclr_head():
-    model = build_model(config(**{"ssl_head.kind": "simclr", "ssl_head.out_dim": 8}))
+    model = build_model(config("slip", **{"ssl_head.kind": "simclr", "ssl_head.out_dim": 8}),
+                        "slip")
     params = params_for(model)
     assert {"ssl_head/fc1/kernel", "ssl_head/ln2/scale", "ssl_head/fc3/kernel"} <= names(params)
     data = batch(views=2)
@@ -109,8 +115,8 @@ def test_image_views_share_the_tower_and_feed_the_simclr_head():
 
 
 def test_simsiam_heads_see_the_clip_view_and_the_first_extra_view():
-    model = build_model(config(**{"ssl_head.kind": "simsiam", "ssl_head.out_dim": 8,
-                                  "ssl_head.predictor_hidden_dim": 4}))
+    model = build_model(config("declip", **{"ssl_head.kind": "simsiam", "ssl_head.out_dim": 8,
+                                            "ssl_head.predictor_hidden_dim": 4}), "declip")
     params = params_for(model)
     out = model.apply({"params": params}, batch(views=1), method=model.apply_batch)
     assert out.simsiam_z.shape == (B, 2, 8) and out.simsiam_p.shape == (B, 2, 8)
@@ -122,7 +128,7 @@ def test_simsiam_heads_see_the_clip_view_and_the_first_extra_view():
 
 
 def test_text_views_and_mlm_logits_at_the_masked_positions():
-    model = build_model(config(mlm_head=True))
+    model = build_model(config("declip", mlm_head=True), "declip")
     params = params_for(model)
     data = batch(text_views=2, predictions=4)
     out = model.apply({"params": params}, data, method=model.apply_batch)
@@ -131,7 +137,7 @@ def test_text_views_and_mlm_logits_at_the_masked_positions():
     np.testing.assert_array_equal(out.mlm_labels, data["mlm_labels"])
     _, tokens = model.apply({"params": params}, data["mlm_ids"], data["text_mask"],
                             method=model.encode_text)
-    head = build_model(config(mlm_head=True)).mlm_head
+    head = build_model(config("declip", mlm_head=True), "declip").heads.modules["mlm_head"]
     full = head.apply({"params": params["mlm_head"]}, tokens)
     expected = np.take_along_axis(np.asarray(full), np.asarray(data["mlm_positions"])[..., None],
                                   axis=1)
@@ -141,15 +147,26 @@ def test_text_views_and_mlm_logits_at_the_masked_positions():
     np.testing.assert_allclose(out.view_text_emb[:, 1], again.text_emb, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"token_projection": "both"}, "token_projection"),
-    ({"ssl_head.kind": "byol"}, "ssl_head.kind"),
-    ({"ssl_head.kind": "simclr", "ssl_head.hidden_dim": 0}, "ssl_head.hidden_dim"),
-    ({"init_logit_bias": "x"}, "init_logit_bias"),
+@pytest.mark.parametrize("method,overrides,message", [
+    ("filip", {"token_projection": "both"}, "token_projection"),
+    ("slip", {"ssl_head.kind": "byol"}, "ssl_head.kind"),
+    ("slip", {"ssl_head.kind": "simclr", "ssl_head.hidden_dim": 0}, "ssl_head.hidden_dim"),
+    ("siglip", {"init_logit_bias": "x"}, "init_logit_bias"),
+    ("declip", {"mlm_head": 1}, "mlm_head"),
 ])
-def test_bad_optional_fields_are_named(overrides, message):
+def test_bad_optional_fields_are_named(method, overrides, message):
     with pytest.raises(UserError, match=message):
-        build_model(config(**overrides))
+        build_model(config(method, **overrides), method)
+
+
+@pytest.mark.parametrize("field,method", [("token_projection", "filip"),
+                                          ("init_logit_bias", "siglip"),
+                                          ("ssl_head", "slip"), ("mlm_head", "declip")])
+def test_a_head_field_of_another_method_is_named(field, method):
+    cfg = config()
+    cfg[field] = config(method)[field]
+    with pytest.raises(UserError, match=rf"^config\.model\.{field} is not a model field"):
+        build_model(cfg)
 
 
 @pytest.mark.parametrize("lock,frozen_blocks,proj_frozen", [
@@ -193,7 +210,6 @@ def test_lock_block_rule_does_not_confuse_block_1_with_block_10():
     ("siglip", "init_logit_bias"), ("slip", "image_views"), ("declip", "mlm")])
 def test_a_loss_without_its_model_outputs_names_the_config_switch(method, switch):
     import importlib
-    from medclip_jax import losses
     from medclip_jax.data import synthetic_batch
     config = importlib.import_module(f"configs.{method}").get_config("tiny")
     config.model.text.vocab_size = VOCAB
@@ -202,21 +218,32 @@ def test_a_loss_without_its_model_outputs_names_the_config_switch(method, switch
     elif switch == "mlm":
         config.data.mlm.enabled = False
     else:
-        config.model[switch] = model_config("tiny")[switch]
-    model = build_model(config.model)
+        config.model[switch] = {"token_projection": "none", "init_logit_bias": None}[switch]
+    model = build_model(config.model, method)
     data = {k: jnp.asarray(v) for k, v in synthetic_batch.random_batch(config, 2).items()}
     outputs = jax.eval_shape(lambda: model.apply(
         {"params": params_for(model)}, data, method=model.apply_batch))
-    loss = losses.bind_loss(method, config.loss)
-    state = losses.init_method_state(method, config.loss, config.model.embed_dim)
+    loss = methods.bind_loss(method, config.loss)
+    state = methods.init_method_state(method, config.loss, config.model.embed_dim)
     with pytest.raises(UserError, match=switch):
         loss(outputs, state)
 
 
-def test_configs_saved_before_the_optional_fields_still_build_the_same_model():
+def test_configs_saved_before_methods_owned_their_heads_still_build_the_same_model():
     from medclip_jax.models import presets
+    old_heads = {"init_logit_bias": None, "token_projection": "none", "mlm_head": False,
+                 "ssl_head": ml_collections.ConfigDict(dict(kind="none", hidden_dim=128,
+                                                            out_dim=32, predictor_hidden_dim=32,
+                                                            activation="relu"))}
+    for method in ("clip", "siglip", "filip", "slip", "declip"):
+        old = config(method).to_dict()
+        for name, off in old_heads.items():
+            old.setdefault(name, off)
+        old.pop("text_projection")  # older still: saved before the text head kind existed
+        restored = presets.saved_model_config(ml_collections.ConfigDict(old), method)
+        assert restored.to_dict() == config(method).to_dict(), method
+        build_model(restored, method)
     old = config().to_dict()
-    for name in presets.OPTIONAL_FIELDS:
-        del old[name]
-    restored = presets.with_optional_defaults(ml_collections.ConfigDict(old))
-    assert restored.to_dict() == config().to_dict()
+    old["ssl_head"] = config("slip").ssl_head.to_dict()
+    with pytest.raises(UserError, match=r"^config\.model\.ssl_head='simclr': method 'clip'"):
+        presets.saved_model_config(ml_collections.ConfigDict(old), "clip")

@@ -61,9 +61,19 @@ FAMILIES = (
 )
 FAMILY = {f.key: f for f in FAMILIES}
 
-# The research questions: (treatment method, baseline method) pairs compared at equal freezing.
-UNIMODAL_PAIRS = (("slip", "clip"), ("declip", "clip"))
-FINE_GRAINED_PAIRS = (("filip", "clip"), ("gloria", "clip"))
+BASELINE_METHOD = "clip"
+
+
+def question_pairs(question: str) -> tuple[tuple[str, str], ...]:
+    """(treatment, baseline) method pairs of a research question, compared at equal freezing:
+    every registered method whose `Method.question` it is, against CLIP."""
+    from medclip_jax import methods
+    return tuple((m.name, BASELINE_METHOD) for m in methods.registry().values()
+                 if m.question == question)
+
+
+UNIMODAL_PAIRS = question_pairs("unimodal")
+FINE_GRAINED_PAIRS = question_pairs("fine_grained")
 
 
 @dataclasses.dataclass

@@ -31,10 +31,10 @@ def load_model(workdir: str, step: int | None = None,
     """Rebuilds the model from the config saved with the checkpoint and restores its params."""
     config_dict, step = checkpointing.restore_config(workdir, step)
     train_config = ml_collections.ConfigDict(config_dict)
-    train_config.model = presets.with_optional_defaults(train_config.model)
+    train_config.model = presets.saved_model_config(train_config.model, train_config.method)
     mesh = sharding.make_mesh(mesh_axes or dict(train_config.mesh))
     tokenizer = tokenizers.load_tokenizer(train_config.data.tokenizer)
-    model = build_model(train_config.model)
+    model = build_model(train_config.model, train_config.method)
     abstract = train.with_shardings(
         train.abstract_params(model, train_config.model),
         train.param_shardings(model, train_config, mesh))

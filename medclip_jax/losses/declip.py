@@ -275,7 +275,7 @@ def declip_queue_entries(outputs, nns_views: str = "all") -> jax.Array:
 
 
 def init_state_from_config(loss_kwargs: Mapping[str, Any], embed_dim: int) -> dict:
-    """`losses.MethodState.init`: the empty queue, or {} when NNS is off."""
+    """`methods.MethodState.init`: the empty queue, or {} when NNS is off."""
     if loss_kwargs.get("nns_weight", 0.2) == 0:
         return {}
     return declip_init_state(loss_kwargs.get("queue_size", DEFAULT_QUEUE_SIZE), embed_dim)
@@ -283,7 +283,7 @@ def init_state_from_config(loss_kwargs: Mapping[str, Any], embed_dim: int) -> di
 
 def update_state_from_outputs(state: Mapping[str, jax.Array], outputs,
                               loss_kwargs: Mapping[str, Any]) -> Mapping[str, jax.Array]:
-    """`losses.MethodState.update`: enqueues this step's texts; runs after the loss has used
+    """`methods.MethodState.update`: enqueues this step's texts; runs after the loss has used
     the queue."""
     if loss_kwargs.get("nns_weight", 0.2) == 0:
         return state

@@ -164,7 +164,7 @@ def siglip_loss_from_outputs(outputs: Any, implementation: str = "global",
                              mesh: Mesh | AbstractMesh | None = None
                              ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Registry adapter. "ring" runs on `mesh` (the train step passes its own, see
-    `losses.bind_loss`), or on the `jax.set_mesh` context mesh when none is given.
+    `methods.bind_loss`), or on the `jax.set_mesh` context mesh when none is given.
     `duplicate_captions`: identical captions (`outputs.caption_hash`) are positives."""
     if implementation not in IMPLEMENTATIONS:
         raise UserError(f"config.loss.implementation must be one of {IMPLEMENTATIONS}, "

@@ -12,15 +12,11 @@ Fields (all required; `model_config(size)` fills every one):
   model.text_projection       '' (the text head is `projection` too) | 'linear' | 'mlp': a
                               text head of its own kind (BiomedCLIP: linear image head, MLP
                               text head).
-  model.init_logit_bias       None (no bias) or SigLIP's initial bias (-10).
-  model.token_projection      'none' | 'shared' (tokens through image_proj / text_proj: FILIP)
-                              | 'separate' (own linear token heads: GLoRIA).
-  model.ssl_head.{kind ('none' | 'simclr' | 'simsiam'), hidden_dim, out_dim,
-                  predictor_hidden_dim, activation}
-                              SLIP's 3-layer SimCLR head, or DeCLIP's SimSiam 3-layer projector
-                              + 2-layer predictor (LayerNorm between layers), on the pooled
-                              features of the extra image views.
-  model.mlm_head              True: a BERT prediction head on the text tower (DeCLIP).
+
+A method may own more fields, for its heads (`Method.model_fields`, set by its config defaults
+and checked by `Method.check_model`): SigLIP's `init_logit_bias`, FILIP's and GLoRIA's
+`token_projection`, SLIP's and DeCLIP's `ssl_head.*`, DeCLIP's `mlm_head` (see each module in
+`medclip_jax/methods/`). `build_model(cfg, method)` accepts exactly the fields of the method.
 
 Activations: 'quick_gelu' (OpenAI CLIP), 'gelu' (exact, BERT), 'gelu_tanh', 'relu'.
 `text.vocab_size` is the tokenizer's to decide: the training config sets it before
@@ -35,16 +31,13 @@ import ml_collections
 
 from medclip_jax.errors import UserError
 from medclip_jax.models import layers, text as text_lib
-from medclip_jax.models.dual_encoder import (DualEncoder, MlmHead, MlpHead, NormMlp,
-                                             linear_head)
+from medclip_jax.models.dual_encoder import DualEncoder, MlpHead, linear_head
 from medclip_jax.models.text import BertTextEncoder, CausalTextTransformer
 from medclip_jax.models.vit import VisionTransformer
 
 SIZES = ("tiny", "small", "base")
 TEXT_KINDS = ("causal", "bert")
 PROJECTIONS = ("linear", "mlp")
-TOKEN_PROJECTIONS = ("none", "shared", "separate")
-SSL_HEADS = ("none", "simclr", "simsiam")
 
 
 def _tower(image_size: int, patch_size: int, width: int, depth: int, num_heads: int,
@@ -82,24 +75,34 @@ def model_config(size: str) -> ml_collections.ConfigDict:
         image=image, text=text, embed_dim=embed_dim, projection="linear",
         projection_hidden_dim=2 * embed_dim, projection_activation="relu",
         init_logit_scale=1.0 / 0.07, max_logit_scale=100.0, dtype=dtype, dropout=0.0,
-        remat=False, init_logit_bias=None, token_projection="none", text_projection="",
-        ssl_head=ml_collections.ConfigDict(dict(
-            kind="none", hidden_dim=4 * embed_dim, out_dim=embed_dim,
-            predictor_hidden_dim=embed_dim, activation="relu")),
-        mlm_head=False))
+        remat=False, text_projection=""))
 
 
-OPTIONAL_FIELDS = ("init_logit_bias", "token_projection", "ssl_head", "mlm_head",
-                   "text_projection")
+#: Fields that every saved model config had before methods owned their heads, with the value
+#: that meant "no such head"; `saved_model_config` drops them for the methods that no longer
+#: own them.
+LEGACY_HEAD_FIELDS = {"init_logit_bias": None, "token_projection": "none",
+                      "ssl_head": "none", "mlm_head": False}
 
 
-def with_optional_defaults(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Adds the method-specific fields (off) that configs saved before they existed lack."""
+def saved_model_config(cfg: ml_collections.ConfigDict, method: str
+                       ) -> ml_collections.ConfigDict:
+    """A checkpoint's `config.model` in today's schema for `method`: head fields of the old
+    shared schema that are off are dropped, and `text_projection` (younger than some
+    checkpoints) is added; fails, naming the field, on an old head the method no longer has."""
+    from medclip_jax import methods
     cfg = ml_collections.ConfigDict(cfg.to_dict())
-    defaults = model_config("tiny")
-    for name in OPTIONAL_FIELDS:
-        if name not in cfg:
-            cfg[name] = defaults[name]
+    owned = methods.get(method).model_fields
+    for name, off in LEGACY_HEAD_FIELDS.items():
+        if name not in cfg or name in owned:
+            continue
+        value = cfg[name].kind if name == "ssl_head" else cfg[name]
+        if value != off:
+            raise UserError(f"config.model.{name}={value!r}: method {method!r} has no such "
+                            f"head (a config saved before the heads belonged to methods)")
+        del cfg[name]
+    if "text_projection" not in cfg:
+        cfg.text_projection = ""
     return cfg
 
 
@@ -110,90 +113,81 @@ _TEXT_INTS = ("vocab_size", "max_len", "width", "depth", "num_heads", "mlp_dim",
               "type_vocab_size")
 
 
-def _fail(field: str, message: str) -> None:
+def fail(field: str, message: str) -> None:
     raise UserError(f"config.model.{field} {message}")
 
 
-def _check_fields(section: Any, expected: set[str], prefix: str) -> None:
+def check_fields(section: Any, expected: set[str], prefix: str) -> None:
     keys = set(section.keys())
     for name in sorted(expected - keys):
-        _fail(f"{prefix}{name}", "is missing")
+        fail(f"{prefix}{name}", "is missing")
     for name in sorted(keys - expected):
-        _fail(f"{prefix}{name}", "is not a model field (typo?)")
+        fail(f"{prefix}{name}", "is not a model field (typo?)")
 
 
-def _check_positive_int(section: Any, name: str, prefix: str) -> None:
+def check_positive_int(section: Any, name: str, prefix: str) -> None:
     value = section[name]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        _fail(f"{prefix}{name}", f"must be a positive integer, got {value!r}")
+        fail(f"{prefix}{name}", f"must be a positive integer, got {value!r}")
 
 
-def _check_choice(section: Any, name: str, choices: tuple[str, ...], prefix: str) -> None:
+def check_choice(section: Any, name: str, choices: tuple[str, ...], prefix: str) -> None:
     if section[name] not in choices:
-        _fail(f"{prefix}{name}", f"must be one of {choices}, got {section[name]!r}")
+        fail(f"{prefix}{name}", f"must be one of {choices}, got {section[name]!r}")
 
 
 def _check_heads(section: Any, prefix: str) -> None:
     if section.width % section.num_heads:
-        _fail(f"{prefix}width", f"({section.width}) must be divisible by "
+        fail(f"{prefix}width", f"({section.width}) must be divisible by "
               f"{prefix}num_heads ({section.num_heads})")
 
 
-def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
-    """Raises UserError naming the first field that cannot build a model."""
-    top = {"image", "text", "embed_dim", "projection", "projection_hidden_dim",
-           "projection_activation", "init_logit_scale", "max_logit_scale", "dtype", "dropout",
-           "remat", "init_logit_bias", "token_projection", "ssl_head", "mlm_head",
-           "text_projection"}
-    _check_fields(cfg, top, "")
-    _check_fields(cfg.ssl_head, {"kind", "hidden_dim", "out_dim", "predictor_hidden_dim",
-                                 "activation"}, "ssl_head.")
-    _check_fields(cfg.image, set(_IMAGE_INTS) | {"patch_bias", "ln_pre", "activation",
+BASE_FIELDS = frozenset({"image", "text", "embed_dim", "projection", "projection_hidden_dim",
+                         "projection_activation", "init_logit_scale", "max_logit_scale",
+                         "dtype", "dropout", "remat", "text_projection"})
+
+
+def validate_model_config(cfg: ml_collections.ConfigDict, method: str = "clip") -> None:
+    """Raises UserError naming the first field that cannot build a model for `method`."""
+    from medclip_jax import methods
+    spec = methods.get(method)
+    check_fields(cfg, BASE_FIELDS | set(spec.model_fields), "")
+    check_fields(cfg.image, set(_IMAGE_INTS) | {"patch_bias", "ln_pre", "activation",
                                                    "layer_norm_eps"}, "image.")
-    _check_fields(cfg.text, set(_TEXT_INTS) | {"kind", "pooling", "activation",
+    check_fields(cfg.text, set(_TEXT_INTS) | {"kind", "pooling", "activation",
                                                  "layer_norm_eps"}, "text.")
     for name in _IMAGE_INTS:
-        _check_positive_int(cfg.image, name, "image.")
+        check_positive_int(cfg.image, name, "image.")
     for name in _TEXT_INTS:
         if name == "vocab_size" and isinstance(cfg.text.vocab_size, int) \
                 and cfg.text.vocab_size <= 0:
-            _fail("text.vocab_size", f"must be a positive integer (the tokenizer's vocabulary "
+            fail("text.vocab_size", f"must be a positive integer (the tokenizer's vocabulary "
                   f"size), got {cfg.text.vocab_size}")
-        _check_positive_int(cfg.text, name, "text.")
+        check_positive_int(cfg.text, name, "text.")
     if cfg.image.image_size % cfg.image.patch_size:
-        _fail("image.image_size", f"({cfg.image.image_size}) must be divisible by "
+        fail("image.image_size", f"({cfg.image.image_size}) must be divisible by "
               f"model.image.patch_size ({cfg.image.patch_size})")
     _check_heads(cfg.image, "image.")
     _check_heads(cfg.text, "text.")
-    _check_choice(cfg.image, "activation", layers.ACTIVATIONS, "image.")
-    _check_choice(cfg.text, "activation", layers.ACTIVATIONS, "text.")
-    _check_choice(cfg.text, "kind", TEXT_KINDS, "text.")
-    _check_choice(cfg.text, "pooling", text_lib.POOLINGS, "text.")
-    _check_choice(cfg, "projection", PROJECTIONS, "")
-    _check_choice(cfg, "text_projection", ("",) + PROJECTIONS, "")
-    _check_choice(cfg, "projection_activation", layers.ACTIVATIONS, "")
-    _check_choice(cfg, "dtype", tuple(layers.DTYPES), "")
-    _check_positive_int(cfg, "embed_dim", "")
+    check_choice(cfg.image, "activation", layers.ACTIVATIONS, "image.")
+    check_choice(cfg.text, "activation", layers.ACTIVATIONS, "text.")
+    check_choice(cfg.text, "kind", TEXT_KINDS, "text.")
+    check_choice(cfg.text, "pooling", text_lib.POOLINGS, "text.")
+    check_choice(cfg, "projection", PROJECTIONS, "")
+    check_choice(cfg, "text_projection", ("",) + PROJECTIONS, "")
+    check_choice(cfg, "projection_activation", layers.ACTIVATIONS, "")
+    check_choice(cfg, "dtype", tuple(layers.DTYPES), "")
+    check_positive_int(cfg, "embed_dim", "")
     if "mlp" in (cfg.projection, cfg.text_projection):
-        _check_positive_int(cfg, "projection_hidden_dim", "")
+        check_positive_int(cfg, "projection_hidden_dim", "")
     for section, name, prefix in ((cfg.image, "layer_norm_eps", "image."),
                                   (cfg.text, "layer_norm_eps", "text."),
                                   (cfg, "init_logit_scale", ""), (cfg, "max_logit_scale", "")):
         if not isinstance(section[name], (int, float)) or section[name] <= 0:
-            _fail(f"{prefix}{name}", f"must be a positive number, got {section[name]!r}")
+            fail(f"{prefix}{name}", f"must be a positive number, got {section[name]!r}")
     if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
-        _fail("dropout", f"must be in [0, 1), got {cfg.dropout!r}")
-    _check_choice(cfg, "token_projection", TOKEN_PROJECTIONS, "")
-    _check_choice(cfg.ssl_head, "kind", SSL_HEADS, "ssl_head.")
-    if cfg.ssl_head.kind != "none":
-        for name in ("hidden_dim", "out_dim", "predictor_hidden_dim"):
-            _check_positive_int(cfg.ssl_head, name, "ssl_head.")
-        _check_choice(cfg.ssl_head, "activation", layers.ACTIVATIONS, "ssl_head.")
-    if cfg.init_logit_bias is not None and (isinstance(cfg.init_logit_bias, bool) or
-                                            not isinstance(cfg.init_logit_bias, (int, float))):
-        _fail("init_logit_bias", f"must be None or a number, got {cfg.init_logit_bias!r}")
-    if not isinstance(cfg.mlm_head, bool):
-        _fail("mlm_head", f"must be True or False, got {cfg.mlm_head!r}")
+        fail("dropout", f"must be in [0, 1), got {cfg.dropout!r}")
+    spec.check_model(cfg)
 
 
 # --- construction ---------------------------------------------------------------------------
@@ -225,35 +219,15 @@ def _projection(cfg: ml_collections.ConfigDict, in_width: int, kind: str) -> Any
     return MlpHead(cfg.embed_dim, cfg.projection_hidden_dim, cfg.projection_activation, dtype)
 
 
-def _optional_heads(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The heads that only some methods use, as DualEncoder attributes."""
-    dtype = layers.DTYPES[cfg.dtype]
-    heads: dict[str, Any] = {}
-    if cfg.token_projection == "separate":
-        heads["image_token_proj"] = linear_head(cfg.embed_dim, cfg.image.width, dtype)
-        heads["text_token_proj"] = linear_head(cfg.embed_dim, cfg.text.width, dtype)
-    ssl = cfg.ssl_head
-    if ssl.kind == "simclr":
-        heads["ssl_head"] = NormMlp((ssl.hidden_dim, ssl.hidden_dim), ssl.out_dim,
-                                    ssl.activation, dtype)
-    elif ssl.kind == "simsiam":
-        heads["simsiam_projector"] = NormMlp((ssl.hidden_dim, ssl.hidden_dim), ssl.out_dim,
-                                             ssl.activation, dtype)
-        heads["simsiam_predictor"] = NormMlp((ssl.predictor_hidden_dim,), ssl.out_dim,
-                                             ssl.activation, dtype)
-    if cfg.mlm_head:
-        heads["mlm_head"] = MlmHead(cfg.text.vocab_size, cfg.text.width, dtype)
-    return heads
-
-
-def build_model(cfg: ml_collections.ConfigDict) -> DualEncoder:
-    """The DualEncoder described by `config.model` (validated first)."""
-    validate_model_config(cfg)
-    bias = None if cfg.init_logit_bias is None else float(cfg.init_logit_bias)
+def build_model(cfg: ml_collections.ConfigDict, method: str = "clip") -> DualEncoder:
+    """The DualEncoder described by `config.model` (validated first), with the heads of
+    `config.method`."""
+    from medclip_jax import methods
+    validate_model_config(cfg, method)
     kinds = head_kinds(cfg)
     return DualEncoder(image=_image_tower(cfg), text=_text_tower(cfg),
                        image_proj=_projection(cfg, cfg.image.width, kinds["image"]),
                        text_proj=_projection(cfg, cfg.text.width, kinds["text"]),
                        init_logit_scale=float(cfg.init_logit_scale),
-                       max_logit_scale=float(cfg.max_logit_scale), init_logit_bias=bias,
-                       token_projection=cfg.token_projection, **_optional_heads(cfg))
+                       max_logit_scale=float(cfg.max_logit_scale),
+                       heads=methods.get(method).heads(cfg))

@@ -366,7 +366,7 @@ def to_model_config(fields: dict[str, Any], logit_scale: float) -> ml_collection
     cfg.text_projection = fields["text_projection"]
     cfg.projection_hidden_dim = fields["projection_hidden_dim"]
     cfg.projection_activation = "gelu"
-    if fields["init_logit_bias"] is not None:
+    if fields["init_logit_bias"] is not None:  # SigLIP's field: build with method "siglip"
         cfg.init_logit_bias = float(fields["init_logit_bias"])
     return cfg
 
@@ -469,7 +469,7 @@ def export_config(cfg: Any) -> tuple[dict[str, Any], bool]:
     quick = (text.activation if text.kind == "causal" else image.activation) == "quick_gelu"
     model_cfg = {"embed_dim": cfg.embed_dim, "quick_gelu": quick, "vision_cfg": vision,
                  "text_cfg": text_cfg}
-    if cfg.init_logit_bias is not None:
+    if cfg.get("init_logit_bias") is not None:  # a SigLIP model (the field is SigLIP's)
         model_cfg["init_logit_bias"] = float(cfg.init_logit_bias)
     return model_cfg, timm is not None
 
