@@ -3,14 +3,17 @@
 import os
 from typing import Any, Callable
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from medclip_jax import cli
 from medclip_jax.evaluation import runner
 
-config_flags.DEFINE_config_file("config", "configs/eval.py:demo",
-                                "Evaluation config file (path[:preset]).")
+#: The evaluation config when ``--config`` is not given.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "eval.py") + ":demo"
+config_flags.DEFINE_config_file("config", None, "Evaluation config file (path[:preset]); "
+                                "default: configs/eval.py:demo.")
 flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.")
 flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
 
@@ -44,4 +47,4 @@ def run_binary(run: Callable[[], None]) -> None:
         cli.run_user_main(run)
 
     flags.mark_flag_as_required("workdir")
-    app.run(main)
+    cli.run_app(main, default_config=DEFAULT_CONFIG)
