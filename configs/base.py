@@ -3,7 +3,9 @@
 Method configs (``configs/<method>.py``) import this, select their loss and change only what the
 method needs, so every method trains under one identical setup.
 
-Fields:
+Fields (types and defaults: ``medclip_jax/settings.py``, listed in ``configs/FIELDS.md``;
+parsed once at start-up, where an unknown key, a wrong type or an impossible value stops the run
+with one line naming ``config.<field>``):
   method            name of the contrastive loss in ``medclip_jax.losses.REGISTRY``.
   loss              keyword arguments for that loss (method-specific).
                     ``loss.duplicate_captions`` (CLIP, ConVIRT, CyCLIP, SigLIP, SLIP, DeCLIP,
@@ -20,6 +22,8 @@ Fields:
                     still sees the whole batch (every negative), see train.make_train_step.
   num_epochs        the schedule length is derived from it and the dataset size.
   max_steps         if > 0, stop after this many steps (smoke tests, benchmarks).
+  seed              params init, data order, augmentation and dropout.
+  log_every_steps   train metrics are averaged and written every this many steps.
   optim             AdamW, warmup + cosine, clipping, no-decay and lr-multiplier/freeze rules.
   mesh              device mesh axis sizes (-1 = all remaining devices).
   sharding.rules    ``(regex, spec)`` partition rules for params and optimizer state.

@@ -8,7 +8,7 @@ splits, as built by ``python -m data_prep.build``; every one must be built), ``r
 (``paper``'s tasks with ``tiny``'s settings and ``suite.strict``: scripts/rehearsal.sh).
 Dataset specs use the same ``name[@config]/split`` convention as the training mixture.
 
-Fields:
+Fields (types and defaults: ``medclip_jax/settings.py``, listed in ``configs/FIELDS.md``):
   data_dir        TFDS data_dir; empty = the one in the checkpoint's training config.
   output_dir      where results go; empty = <workdir>/eval.
   batch_size      global eval batch size (padded and masked, so it need not divide the data).

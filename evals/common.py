@@ -8,6 +8,7 @@ from ml_collections import config_flags
 
 from medclip_jax import cli
 from medclip_jax.evaluation import runner
+from medclip_jax.settings import EvalSettings
 
 #: The evaluation config when ``--config`` is not given.
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -20,10 +21,17 @@ flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the la
 FLAGS = flags.FLAGS
 
 
+def settings(config: Any) -> EvalSettings:
+    """The eval config parsed (`settings.EvalSettings`: its defaults and checks); a parsed one
+    as it is; None = every default."""
+    return EvalSettings.from_config(config)
+
+
 def load() -> tuple[runner.LoadedModel, str, str]:
-    """The restored model, the data_dir to read and the output dir to write."""
-    config = FLAGS.config
-    loaded = runner.load_model(FLAGS.workdir, FLAGS.step, dict(config.mesh) or None)
+    """The restored model, the data_dir to read and the output dir to write; the eval config
+    is checked first, so a mistake in it fails before the checkpoint is read."""
+    config = settings(FLAGS.config)
+    loaded = runner.load_model(FLAGS.workdir, FLAGS.step, dict(config.mesh or {}) or None)
     data_dir = config.data_dir or loaded.train_config.data.data_dir
     output_dir = config.output_dir or os.path.join(FLAGS.workdir, "eval")
     return loaded, data_dir, output_dir

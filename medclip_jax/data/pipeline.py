@@ -41,36 +41,41 @@ depend on the process count either. A record is decoded once for the main image 
 views, unless the views' smaller crops need a larger JPEG draft: then the views get their own
 decode, so the main image's pixels never change.
 
-``config.data`` fields read here (suggested defaults in brackets; a missing field takes it):
+``config.data`` fields read here, parsed once into `settings.DataSettings` (the one home of
+their defaults, in brackets here; ``tests/test_settings.py`` checks that they agree; a field
+missing from the config takes its default, an unknown one fails):
 
-* ``data_dir``: TFDS data_dir root [``data/tfds``].
-* ``train_mixture``: ``"dataset[@config]/split[:weight],..."`` (see `sources`).
-* ``augment.random_crop_scale``: area fraction range of the random resized crop [(0.8, 1.0)];
-  ``(1.0, 1.0)`` means no crop augmentation (shorter side resize + centre crop, as in eval).
-* ``augment.random_crop_ratio``: aspect ratio range of that crop [(3/4, 4/3)].
-* ``augment.flip``: random left-right flips [False: they swap "left"/"right" in radiology].
-* ``mean``, ``std``: per-channel normalisation [OpenAI CLIP's].
-* ``read_threads``: threads building batches ahead [2; 0 = in the caller's thread].
-* ``prefetch_batches``: batches buffered ahead per process or worker [2].
-* ``worker_processes``: grain worker processes (``mp_prefetch``) for many-core hosts, train
-  only [0]; needs absl flags parsed (true under ``absl.app.run``). Batches stay identical,
+* ``data_dir`` [``data/tfds``]: TFDS data_dir root.
+* ``train_mixture`` [``synthetic_medical/train``]: ``"dataset[@config]/split[:weight],..."``
+  (see `sources`).
+* ``augment.random_crop_scale`` [(0.8, 1.0)]: area fraction range of the random resized crop,
+  CLIP-style light cropping; ``(1.0, 1.0)`` means no crop augmentation (shorter side resize +
+  centre crop, as in eval).
+* ``augment.random_crop_ratio`` [(3/4, 4/3)]: aspect ratio range of that crop.
+* ``augment.flip`` [False]: random left-right flips (off: they swap "left"/"right" in
+  radiology captions).
+* ``mean``, ``std`` [OpenAI CLIP's]: per-channel normalisation.
+* ``read_threads`` [2]: threads building batches ahead (0 = in the caller's thread).
+* ``prefetch_batches`` [2]: batches buffered ahead per process or worker.
+* ``worker_processes`` [0]: grain worker processes (``mp_prefetch``) for many-core hosts, train
+  only; needs absl flags parsed (true under ``absl.app.run``). Batches stay identical,
   but a checkpointed iterator state only restores under the same value.
-* ``image_field``, ``caption_field``: the training records' fields ["image", "caption"]; a
+* ``image_field`` [``image``], ``caption_field`` [``caption``]: the training records' fields; a
   caption field holding a list of captions yields one of them at random. Train only: eval
   iterators read the evaluated dataset's own fields (see `make_eval_iterator`).
-* ``tokenizer``: read by the caller (`tokenizers.load_tokenizer`), not here.
-* ``image_views``: extra augmented image views per train example [0].
+* ``tokenizer`` [``minilm``]: read by the caller (`tokenizers.load_tokenizer`), not here.
+* ``image_views`` [0]: extra augmented image views per train example.
 * ``view_augment.*``: the views' recipe, SLIP's (= MoCo v3's) SimCLR augmentation:
   ``random_crop_scale`` [(0.08, 1.0)], ``random_crop_ratio`` [(3/4, 4/3)],
-  ``color_jitter`` (brightness, contrast, saturation, hue) [(0.4, 0.4, 0.4, 0.1)] applied with
+  ``color_jitter`` [(0.4, 0.4, 0.4, 0.1)] (brightness, contrast, saturation, hue) applied with
   ``color_jitter_prob`` [0.8], the four ops in a random order (torchvision's ColorJitter),
   ``grayscale_prob`` [0.2], ``blur_prob`` [0.5] with sigma uniform in ``blur_sigma``
-  [(0.1, 2.0)] output pixels, ``flip`` (left-right, p = 1/2) [True].
-* ``text_views``: token-dropout text views per train example [0].
-* ``text_view_drop_prob``: probability of dropping each content token in a text view [0.1].
-* ``mlm.enabled`` [False], ``mlm.mask_prob`` [0.15], ``mlm.max_predictions`` per example [20],
-  ``mlm.selection``: ``"bernoulli"`` (per-token) or ``"fixed"`` (BERT's script) [bernoulli];
-  needs a tokenizer with a mask token.
+  [(0.1, 2.0)] output pixels, ``flip`` [True] (left-right, p = 1/2).
+* ``text_views`` [0]: token-dropout text views per train example.
+* ``text_view_drop_prob`` [0.1]: probability of dropping each content token in a text view.
+* ``mlm.enabled`` [False], ``mlm.mask_prob`` [0.15], ``mlm.max_predictions`` [20] per example,
+  ``mlm.selection`` [``bernoulli``]: ``"bernoulli"`` (per-token) or ``"fixed"`` (BERT's
+  script); needs a tokenizer with a mask token.
 """
 
 import functools
