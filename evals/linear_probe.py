@@ -47,11 +47,12 @@ from absl import flags
 from evals import common
 from evals import zero_shot as zero_shot_eval
 from medclip_jax.data import sources
+from medclip_jax import settings as settings_lib
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import fields, linear_probe, runner, tables
 
 FLAGS = flags.FLAGS
-FEATURE_KINDS = ("projected", "backbone")
+FEATURE_KINDS = settings_lib.PROBE_FEATURES
 FIELD = "config.linear_probe"
 
 

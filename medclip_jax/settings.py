@@ -16,7 +16,6 @@ import dataclasses
 import difflib
 import math
 import re
-import types
 import typing
 from typing import Any, ClassVar, Mapping
 

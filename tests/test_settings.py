@@ -265,3 +265,14 @@ def test_config_docstring_fields_exist(module, kind):
             section_kind = __import__("typing").get_type_hints(kind)[section]
             if isinstance(section_kind, type) and issubclass(section_kind, settings.Section):
                 assert field in {f.name for f in dataclasses.fields(section_kind)}, name
+
+
+def test_evaluation_names_and_choices_have_one_home():
+    from evals import linear_probe as lp_eval, run_suite
+    from medclip_jax.evaluation import linear_probe, zero_shot
+    assert tuple(run_suite.EVALUATIONS) == settings.EVALUATIONS
+    assert lp_eval.FEATURE_KINDS is settings.PROBE_FEATURES
+    assert zero_shot.UNCERTAIN_POLICIES is settings.UNCERTAIN_POLICIES
+    probe, section = linear_probe.ProbeSettings(), settings.LinearProbeSettings()
+    assert (probe.l2_grid, probe.max_iterations, probe.tolerance, probe.standardize) == \
+        (section.l2_grid, section.max_iterations, section.tolerance, section.standardize)
