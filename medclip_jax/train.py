@@ -322,8 +322,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
         state = TrainState(step=rest["step"], params=params, opt_state=rest["opt_state"],
                            method_state=rest["method_state"])
 
-    run = Run(config=config, settings=run_settings, mesh=mesh, model=model, tokenizer=tokenizer, state=state,
-              train_step=train_step, total_steps=total_steps, data_iter=data_iter)
+    run = Run(config=config, settings=run_settings, mesh=mesh, model=model, tokenizer=tokenizer,
+              state=state, train_step=train_step, total_steps=total_steps, data_iter=data_iter)
     return run, checkpointer
 
 

@@ -5,6 +5,7 @@ import dataclasses
 import importlib
 import os
 import re
+import typing
 
 import ml_collections
 import pytest
@@ -179,9 +180,9 @@ def test_vqa_head_fields_have_one_home():
                                                                         "name"}
     assert head_fields <= {f.name for f in dataclasses.fields(settings.VqaSettings)}
     head = vqa.settings_from_config({}).head(7)
+    assert head.num_answers == 7
     for name in head_fields:
         assert getattr(head, name) == getattr(settings.VqaSettings(), name)
-        assert dataclasses.fields(vqa.VqaHead)[0].name == "num_answers"
     for field in dataclasses.fields(vqa.VqaHead):  # the module repeats no default
         if field.name in head_fields:
             assert field.default is dataclasses.MISSING, field.name
@@ -198,7 +199,7 @@ def test_fields_reference_is_generated_from_the_settings():
 
 def leaf_defaults(kind, prefix=""):
     out = {}
-    hints = __import__("typing").get_type_hints(kind)
+    hints = typing.get_type_hints(kind)
     for field in dataclasses.fields(kind):
         hint = hints[field.name]
         if isinstance(hint, type) and issubclass(hint, settings.Section):
@@ -253,7 +254,8 @@ def test_vqa_binary_docstring_lists_every_vqa_field():
 def test_config_docstring_fields_exist(module, kind):
     with open(os.path.join(REPO_ROOT, module), encoding="utf-8") as f:
         doc = ast.get_docstring(ast.parse(f.read()))
-    block = re.split(r"^Fields\b.*?:\n", doc, maxsplit=1, flags=re.M | re.S)[1].split("\n\nEvery method config takes", 1)[0]
+    block = re.split(r"^Fields\b.*?:\n", doc, maxsplit=1, flags=re.M | re.S)[1]
+    block = block.split("\n\nEvery method config takes", 1)[0]  # base.py's options follow
     documented = set(re.findall(r"^  ([a-z_]+(?:\.[a-z_]+)?)\b", block, re.M))
     fields = {f.name for f in dataclasses.fields(kind)}
     top = {name.split(".")[0] for name in documented}
@@ -262,7 +264,7 @@ def test_config_docstring_fields_exist(module, kind):
     for name in documented:
         if "." in name:
             section, field = name.split(".")
-            section_kind = __import__("typing").get_type_hints(kind)[section]
+            section_kind = typing.get_type_hints(kind)[section]
             if isinstance(section_kind, type) and issubclass(section_kind, settings.Section):
                 assert field in {f.name for f in dataclasses.fields(section_kind)}, name
 
