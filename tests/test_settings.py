@@ -278,3 +278,15 @@ def test_evaluation_names_and_choices_have_one_home():
     probe, section = linear_probe.ProbeSettings(), settings.LinearProbeSettings()
     assert (probe.l2_grid, probe.max_iterations, probe.tolerance, probe.standardize) == \
         (section.l2_grid, section.max_iterations, section.tolerance, section.standardize)
+
+
+def test_evals_readme_lists_every_linear_probe_field_with_its_defaults():
+    with open(os.path.join(REPO_ROOT, "evals", "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    paragraph = text.split("Config (`config.linear_probe`):", 1)[1].split("\n\n", 1)[0]
+    named = set(re.findall(r"`([a-z_0-9]+)`", paragraph))
+    section = settings.LinearProbeSettings()
+    assert {f.name for f in dataclasses.fields(section)} <= named
+    assert f"`max_iterations` ({section.max_iterations})" in paragraph
+    assert section.tolerance == 1e-4 and "`tolerance` (1e-4 " in paragraph
+    assert section.l2_grid[0] == 1e-6 and section.l2_grid[-1] == 1 and "1e-6 … 1" in paragraph
