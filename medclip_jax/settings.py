@@ -214,12 +214,12 @@ class OptimSettings(Section):
                                             f"{multiplier})")
 
     def warmup(self, total_steps: int) -> int:
-        """``warmup_steps`` if set (>= 0), else ``warmup_fraction`` of training; never more
-        than the run has steps."""
+        """``warmup_steps`` if set (>= 0), else ``warmup_fraction`` of training.
+
+        A warmup longer than the run is not an error: a smoke run of a preset
+        (``paper``: 2000 warmup steps, ``--config.max_steps=10``) stays in warmup, as
+        `optim.warmup_cosine_schedule` clips it."""
         if self.warmup_steps >= 0:
-            if self.warmup_steps > total_steps:
-                raise UserError(f"config.optim.warmup_steps={self.warmup_steps} is more than the "
-                                f"run's {total_steps} training steps")
             return self.warmup_steps
         return int(round(self.warmup_fraction * total_steps))
 
