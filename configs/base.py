@@ -3,7 +3,9 @@
 Method configs (``configs/<method>.py``) import this, select their loss and change only what the
 method needs, so every method trains under one identical setup.
 
-Fields:
+Fields (types and defaults: ``medclip_jax/settings.py``, listed in ``configs/FIELDS.md``;
+parsed once at start-up, where an unknown key, a wrong type or an impossible value stops the run
+with one line naming ``config.<field>``):
   method            a method of ``medclip_jax.methods`` (one module each: loss, heads, inputs,
                     state, defaults); ``configs/<method>.py`` is `method_config`.
   loss              keyword arguments for that method's loss (method-specific).
@@ -22,6 +24,8 @@ Fields:
                     still sees the whole batch (every negative), see train.make_train_step.
   num_epochs        the schedule length is derived from it and the dataset size.
   max_steps         if > 0, stop after this many steps (smoke tests, benchmarks).
+  seed              params init, data order, augmentation and dropout.
+  log_every_steps   train metrics are averaged and written every this many steps.
   optim             AdamW, warmup + cosine, clipping, no-decay and lr-multiplier/freeze rules.
   mesh              device mesh axis sizes (-1 = all remaining devices).
   sharding.rules    ``(regex, spec)`` partition rules for params and optimizer state.
@@ -42,87 +46,26 @@ Every method config takes ``<preset>[,lock=<what>][,text=<tower>]`` (`parse_arg`
 
 import ml_collections
 
+from medclip_jax import settings
 from medclip_jax.errors import UserError
 from medclip_jax.models.presets import model_config
 
-SYNTHETIC_DATA_DIR = "data/tfds"
 OPTIONS = ("lock", "text")
 #: The image-tower params in front of the first block (frozen with any `lock=<k>`).
 IMAGE_EMBEDDINGS = "patch_embed|cls_token|pos_embed|ln_pre"
 
 
 def get_base_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.method = "clip"
+    """Every default of `medclip_jax.settings.TrainSettings` (the one home of the defaults of
+    ``data``, ``optim``, ``mesh``, ``checkpoint``, ``eval`` and the run fields), plus the
+    sections owned elsewhere: the loss, the model preset, the sharding rules, the init."""
+    config = settings.config_dict(settings.TrainSettings)
     # CLIP's knobs; every method config that changes the method sets its own.
     config.loss = ml_collections.ConfigDict({"duplicate_captions": False})
-    config.seed = 0
-
     config.model = model_config("small")
     config.model.text.vocab_size = -1
-
-    config.data = ml_collections.ConfigDict()
-    config.data.data_dir = SYNTHETIC_DATA_DIR
-    config.data.train_mixture = "synthetic_medical/train"
-    config.data.tokenizer = "minilm"
-    config.data.augment = ml_collections.ConfigDict()
-    config.data.augment.random_crop_scale = (0.8, 1.0)
-    config.data.augment.random_crop_ratio = (3 / 4, 4 / 3)
-    config.data.augment.flip = False  # Flips swap "left" and "right" in radiology captions.
-    config.data.mean = (0.48145466, 0.4578275, 0.40821073)
-    config.data.std = (0.26862954, 0.26130258, 0.27577711)
-    config.data.read_threads = 2
-    config.data.prefetch_batches = 2
-    config.data.worker_processes = 0
-    config.data.image_field = "image"
-    config.data.caption_field = "caption"
-    # Extra views and MLM inputs: off unless a method needs them (SLIP, DeCLIP).
-    config.data.image_views = 0
-    config.data.view_augment = ml_collections.ConfigDict(dict(
-        random_crop_scale=(0.08, 1.0), random_crop_ratio=(3 / 4, 4 / 3),
-        color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.2,
-        blur_prob=0.5, blur_sigma=(0.1, 2.0), flip=True))
-    config.data.text_views = 0
-    config.data.text_view_drop_prob = 0.1
-    config.data.mlm = ml_collections.ConfigDict(dict(
-        enabled=False, mask_prob=0.15, max_predictions=20, selection="bernoulli"))
-
-    config.batch_size = 128
-    config.grad_accum_steps = 1
-    config.num_epochs = 10.0
-    config.max_steps = -1
-
-    config.optim = ml_collections.ConfigDict()
-    config.optim.name = "adamw"
-    config.optim.learning_rate = 5e-4
-    config.optim.warmup_steps = -1
-    config.optim.warmup_fraction = 0.05
-    config.optim.end_lr_fraction = 0.0
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.98
-    config.optim.eps = 1e-6
-    config.optim.weight_decay = 0.1
-    config.optim.grad_clip_norm = 1.0
-    config.optim.no_decay_regex = (r"(logit_scale|logit_bias|pos_embed|cls_token|position|"
-                                   r"token_type)")
-    config.optim.lr_multipliers = ()
-
-    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     config.sharding = ml_collections.ConfigDict()
     config.sharding.rules = ((".*", "fsdp"),)
-
-    config.checkpoint = ml_collections.ConfigDict()
-    config.checkpoint.every_steps = 200
-    config.checkpoint.max_to_keep = 3
-
-    config.log_every_steps = 20
-
-    config.eval = ml_collections.ConfigDict()
-    config.eval.split = "synthetic_medical/validation"
-    config.eval.every_steps = 200
-    config.eval.max_examples = 512
-    config.eval.ks = (1, 5, 10)
-
     config.init = ml_collections.ConfigDict(dict(image="", text="", logit_scale=True))
     return config
 

@@ -8,7 +8,7 @@ splits, as built by ``python -m data_prep.build``; every one must be built), ``r
 (``paper``'s tasks with ``tiny``'s settings and ``suite.strict``: scripts/rehearsal.sh).
 Dataset specs use the same ``name[@config]/split`` convention as the training mixture.
 
-Fields:
+Fields (types and defaults: ``medclip_jax/settings.py``, listed in ``configs/FIELDS.md``):
   data_dir        TFDS data_dir; empty = the one in the checkpoint's training config.
   output_dir      where results go; empty = <workdir>/eval.
   batch_size      global eval batch size (padded and masked, so it need not divide the data).
@@ -36,6 +36,7 @@ Fields:
 
 import ml_collections
 
+from medclip_jax import settings
 from medclip_jax.errors import UserError
 
 
@@ -61,24 +62,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
                         f"{', '.join(PRESETS)}")
     if arg == "rehearsal":
         return rehearsal_config()
-    config = ml_collections.ConfigDict()
-    config.data_dir = ""
-    config.output_dir = ""
-    config.batch_size = 256
+    config = settings.config_dict(settings.EvalSettings)  # every default, in one place
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
-    config.fields = ()
-    config.zero_shot = ml_collections.ConfigDict()
-    config.zero_shot.multilabel_uncertain = "exclude"
-    config.zero_shot.templates = ()
-    config.zero_shot.prompts = ""
-    config.retrieval = ml_collections.ConfigDict()
-    config.retrieval.ks = (1, 5, 10, 50, 200)
-    config.retrieval.block_size = 1024
     config.linear_probe = linear_probe_config(arg)
     config.vqa = vqa_config(arg)
-    config.suite = ml_collections.ConfigDict()
-    config.suite.evaluations = ("zero_shot", "retrieval", "linear_probe", "vqa")
-    config.suite.strict = False
     if arg == "demo":
         config.zero_shot.datasets = ("synthetic_medical/test",)
         config.retrieval.datasets = ("synthetic_medical/test",)
@@ -107,27 +94,8 @@ def rehearsal_config() -> ml_collections.ConfigDict:
 
 
 def vqa_config(arg: str) -> ml_collections.ConfigDict:
-    """`config.vqa` for `evals/vqa.py` (fields documented in that module's docstring)."""
-    vqa = ml_collections.ConfigDict()
-    vqa.datasets = ()
-    vqa.train_split = "train"
-    vqa.test_split = "test"
-    vqa.fusion = "bilinear"              # "bilinear" (MFB) | "cross_attention"
-    vqa.question_features = "tokens"     # cross_attention queries: "tokens" | "pooled"
-    vqa.hidden_dim = 128
-    vqa.bilinear_factor = 4
-    vqa.num_heads = 4
-    vqa.num_layers = 1
-    vqa.classifier_hidden_dim = 256
-    vqa.dropout = 0.1
-    vqa.epochs = 10
-    vqa.batch_size = 128
-    vqa.learning_rate = 2e-3
-    vqa.weight_decay = 1e-4
-    vqa.seed = 0
-    vqa.max_answers = 0                  # 0 = every answer of the train split
-    vqa.finetune_image = False
-    vqa.image_lr_multiplier = 0.1
+    """`config.vqa` for `evals/vqa.py`: `settings.VqaSettings` with the preset's head size."""
+    vqa = settings.config_dict(settings.VqaSettings)
     if arg == "demo":
         vqa.datasets = ("synthetic_medical",)
     elif arg == "tiny":
@@ -151,23 +119,9 @@ def vqa_config(arg: str) -> ml_collections.ConfigDict:
 
 
 def linear_probe_config(arg: str) -> ml_collections.ConfigDict:
-    """`config.linear_probe` for `evals/linear_probe.py` (fields documented there and below)."""
-    lp = ml_collections.ConfigDict()
-    lp.datasets = ()                      # dataset names `name[@config]`, no split
-    lp.train_split = "train"
-    lp.validation_split = "validation"    # absent from the dataset (or "") -> carved from train
-    lp.test_split = "test"
-    lp.validation_fraction = 0.2          # of each class's train rows, when carving
-    lp.seed = 0                           # the carve and the k-shot draws
-    lp.features = "projected"             # "projected" (joint-space embedding) | "backbone"
-    lp.standardize = True                 # z-score features with the fitted rows' statistics
-    lp.l2_grid = tuple(10.0 ** e for e in range(-6, 1))  # l2 of the mean-loss objective
-    lp.max_iterations = 1000              # L-BFGS iterations per fit
-    lp.tolerance = 1e-4                   # stop when the gradient norm is below it
-    lp.refit = True                       # refit on train + validation with the chosen l2
-    lp.k_shots = (1, 2, 4, 8, 16)         # () = no k-shot
-    lp.k_shot_seeds = 5                   # draws per k (seeds seed, seed + 1, ...)
-    lp.cache_dir = ""                     # "" = <output_dir>/features
+    """`config.linear_probe` for `evals/linear_probe.py`: `settings.LinearProbeSettings` with the
+    preset's datasets and sweep."""
+    lp = settings.config_dict(settings.LinearProbeSettings)
     if arg == "demo":
         lp.datasets = ("synthetic_medical",)
     elif arg == "tiny":

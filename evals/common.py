@@ -3,24 +3,35 @@
 import os
 from typing import Any, Callable
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from medclip_jax import cli
 from medclip_jax.evaluation import runner
+from medclip_jax.settings import EvalSettings
 
-config_flags.DEFINE_config_file("config", "configs/eval.py:demo",
-                                "Evaluation config file (path[:preset]).")
+#: The evaluation config when ``--config`` is not given.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "eval.py") + ":demo"
+config_flags.DEFINE_config_file("config", None, "Evaluation config file (path[:preset]); "
+                                "default: configs/eval.py:demo.")
 flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.")
 flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
 
 FLAGS = flags.FLAGS
 
 
+def settings(config: Any) -> EvalSettings:
+    """The eval config parsed (`settings.EvalSettings`: its defaults and checks); a parsed one
+    as it is; None = every default."""
+    return EvalSettings.from_config(config)
+
+
 def load() -> tuple[runner.LoadedModel, str, str]:
-    """The restored model, the data_dir to read and the output dir to write."""
-    config = FLAGS.config
-    loaded = runner.load_model(FLAGS.workdir, FLAGS.step, dict(config.mesh) or None)
+    """The restored model, the data_dir to read and the output dir to write; the eval config
+    is checked first, so a mistake in it fails before the checkpoint is read."""
+    config = settings(FLAGS.config)
+    loaded = runner.load_model(FLAGS.workdir, FLAGS.step, dict(config.mesh or {}) or None)
     data_dir = config.data_dir or loaded.train_config.data.data_dir
     output_dir = config.output_dir or os.path.join(FLAGS.workdir, "eval")
     return loaded, data_dir, output_dir
@@ -44,4 +55,4 @@ def run_binary(run: Callable[[], None]) -> None:
         cli.run_user_main(run)
 
     flags.mark_flag_as_required("workdir")
-    app.run(main)
+    cli.run_app(main, default_config=DEFAULT_CONFIG)

@@ -21,7 +21,7 @@ folder gives the tokenizer):
         --config.data.tokenizer=hf:/models/BiomedBERT --workdir runs/biomedclip_step0
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from medclip_jax import cli
@@ -50,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_app(main)

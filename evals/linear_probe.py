@@ -47,11 +47,12 @@ from absl import flags
 from evals import common
 from evals import zero_shot as zero_shot_eval
 from medclip_jax.data import sources
+from medclip_jax import settings as settings_lib
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import fields, linear_probe, runner, tables
 
 FLAGS = flags.FLAGS
-FEATURE_KINDS = ("projected", "backbone")
+FEATURE_KINDS = settings_lib.PROBE_FEATURES
 FIELD = "config.linear_probe"
 
 
@@ -169,7 +170,7 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, name: str,
     info = sources.read_builder(sources.dataset_dir(data_dir, name)).info
     splits = set(info.splits.keys())
     image_field = fields.image_field(name, info.features.keys(),
-                                     fields.parse_overrides(config.get("fields", ())))
+                                     fields.parse_overrides(config.fields))
     carve = not lp.validation_split or lp.validation_split not in splits
     split_names = {"train": lp.train_split, "test": lp.test_split}
     if not carve:
@@ -213,10 +214,8 @@ def evaluate(loaded: runner.LoadedModel, data_dir: str, config: ml_collections.C
     metrics}. Features are cached in ``linear_probe.cache_dir``, else
     ``<output_dir>/features`` (output_dir: the argument, else ``config.output_dir``, else
     ``<--workdir>/eval``), else not at all."""
+    config = common.settings(config)
     lp = config.linear_probe
-    if lp.features not in FEATURE_KINDS:
-        raise UserError(f"{FIELD}.features: {lp.features!r} is not one of "
-                        f"{', '.join(FEATURE_KINDS)}")
     output_dir = output_dir or config.output_dir or (
         os.path.join(FLAGS.workdir, "eval") if FLAGS.is_parsed() and FLAGS.workdir else "")
     cache_dir = lp.cache_dir or (os.path.join(output_dir, "features") if output_dir else None)

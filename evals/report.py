@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
 from medclip_jax import cli
 from medclip_jax.errors import UserError
@@ -88,4 +88,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("results")
-    app.run(main)
+    cli.run_app(main)

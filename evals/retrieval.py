@@ -61,8 +61,9 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str, batch
 def evaluate(loaded: runner.LoadedModel, data_dir: str,
              config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     """Every dataset of ``config.retrieval.datasets``: {spec: {"i2t_R@K", "t2i_R@K", ...}}."""
-    ks = tuple(config.retrieval.ks)
-    overrides = fields.parse_overrides(config.get("fields", ()))
+    config = common.settings(config)
+    ks = config.retrieval.ks
+    overrides = fields.parse_overrides(config.fields)
     return {spec: evaluate_dataset(loaded, data_dir, spec, config.batch_size, ks,
                                    config.retrieval.block_size, overrides)
             for spec in config.retrieval.datasets}

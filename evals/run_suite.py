@@ -71,9 +71,9 @@ Evaluate = Callable[[runner.LoadedModel, str, ml_collections.ConfigDict], dict[s
 
 def check_evaluations(config: ml_collections.ConfigDict) -> list[str]:
     """config.suite.evaluations, checked against the known evaluation names."""
-    names = list(config.suite.evaluations)
+    names = list(common.settings(config).suite.evaluations)
     unknown = [n for n in names if n not in EVALUATIONS]
-    if unknown:
+    if unknown:  # settings.EVALUATIONS lists the same names
         raise UserError(f"config.suite.evaluations: unknown evaluation(s) {', '.join(unknown)}; "
                         f"choose from {', '.join(EVALUATIONS)}")
     return names
@@ -211,7 +211,7 @@ def run_suite(loaded: runner.LoadedModel, data_dir: str, config: ml_collections.
         print(f"[suite] {name}: {suite['seconds'][name]:.1f} s", flush=True)
     suite["complete"] = True
     path = write(output_dir, suite)
-    if config.suite.get("strict", False) and suite["skipped"] and not failures:
+    if common.settings(config).suite.strict and suite["skipped"] and not failures:
         print(summary(suite), flush=True)
         raise UserError(f"config.suite.strict: {len(suite['skipped'])} evaluation(s) skipped "
                         f"({'; '.join(skip_names(suite))}); the reasons are under 'skipped' "

@@ -132,7 +132,7 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, name: str,
 def evaluate(loaded: runner.LoadedModel, data_dir: str, config: ml_collections.ConfigDict
              ) -> dict[str, dict[str, Any]]:
     """{"<name>/<test_split>:vqa": metrics} for every dataset of config.vqa.datasets."""
-    vqa.settings_from_config(config.vqa)  # fail on a bad field before any embedding
+    config = common.settings(config)  # fails on a bad field before any embedding
     if not config.vqa.datasets:
         raise UserError("config.vqa.datasets is empty")
     results = {}

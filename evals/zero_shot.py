@@ -165,10 +165,10 @@ def dataset_tasks(name: str, meta: dict[str, Any] | None,
     if not tasks:
         raise UserError(f"{field}: {name} has no zero-shot tasks (class names and templates) "
                         f"in its metadata")
-    zs = config.get("zero_shot", {}) if config is not None else {}
-    templates = tuple(zs.get("templates", ()) or ())
-    prompts = read_prompts_file(zs.get("prompts", "") or "")
-    overrides = fields.parse_overrides(config.get("fields", ()) if config is not None else ())
+    config = common.settings(config)
+    templates = config.zero_shot.templates
+    prompts = read_prompts_file(config.zero_shot.prompts)
+    overrides = fields.parse_overrides(config.fields)
     out = {}
     for task_name, task in tasks.items():
         resolved = with_prompts(name, task_name, task, templates, prompts)
@@ -287,7 +287,7 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str, batch
                if kinds[name] == "multilabel"}
     available = set(sources.read_builder(sources.dataset_dir(data_dir, entry.name))
                     .info.features.keys())
-    overrides = fields.parse_overrides(config.get("fields", ()) if config is not None else ())
+    overrides = fields.parse_overrides(common.settings(config).fields)
     image_field = fields.image_field(entry.name, available, overrides)
     annotations = sources.load_annotations(data_dir, entry.name, entry.split,
                                            fields=needed_fields(spec, tasks, available))
@@ -316,10 +316,8 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str, batch
 def evaluate(loaded: runner.LoadedModel, data_dir: str,
              config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     """Every task of every dataset in ``config.zero_shot.datasets``: {"<spec>:<task>": metrics}."""
-    uncertain = config.zero_shot.get("multilabel_uncertain", "exclude")
-    if uncertain not in zero_shot.UNCERTAIN_POLICIES:
-        raise UserError(f"config.zero_shot.multilabel_uncertain: {uncertain!r} is not one of "
-                        f"{', '.join(zero_shot.UNCERTAIN_POLICIES)}")
+    config = common.settings(config)
+    uncertain = config.zero_shot.multilabel_uncertain
     results = {}
     for spec in config.zero_shot.datasets:
         results.update(evaluate_dataset(loaded, data_dir, spec, config.batch_size, uncertain,

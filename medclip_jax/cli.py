@@ -4,8 +4,9 @@ import sys
 from typing import Callable
 
 import jax
-from absl import flags, logging
+from absl import app, flags, logging
 
+from medclip_jax import flag_errors
 from medclip_jax.errors import UserError
 
 flags.DEFINE_string("coordinator_address", None,
@@ -43,3 +44,12 @@ def run_user_main(main: Callable[[], None]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def run_app(main: Callable[[list[str]], None], default_config: str | None = None) -> None:
+    """`absl.app.run` with command-line config mistakes as one line and exit code 2
+    (`flag_errors.parse_flags`). `default_config`: the ``--config`` used when none is given."""
+    if default_config is not None:
+        # config_flags reads the overrides from sys.argv itself.
+        sys.argv[:] = flag_errors.with_default_config(sys.argv, "config", default_config)
+    app.run(main, flags_parser=flag_errors.parse_flags)

@@ -6,7 +6,7 @@
 Re-running the same command resumes from the latest checkpoint in the workdir.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from medclip_jax import cli, train
@@ -26,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_app(main)

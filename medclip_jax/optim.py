@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from medclip_jax.errors import UserError
+from medclip_jax.settings import OptimSettings
 from medclip_jax.sharding import path_to_str
 
 def total_train_steps(num_examples: int, num_epochs: float, global_batch_size: int) -> int:
@@ -48,28 +49,13 @@ def warmup_cosine_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
     return schedule
 
 
-def warmup_steps_from_config(optim_config: Any, total_steps: int) -> int:
-    """`optim.warmup_steps` if set (>= 0), else `optim.warmup_fraction` of training."""
-    if optim_config.warmup_steps >= 0:
-        return int(optim_config.warmup_steps)
-    if not 0.0 <= optim_config.warmup_fraction <= 1.0:
-        raise UserError(f"config.optim.warmup_fraction must be in [0, 1], got "
-                        f"{optim_config.warmup_fraction}")
-    return int(round(optim_config.warmup_fraction * total_steps))
-
-
 def _label_tree(params: Any, fn) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, x: fn(path_to_str(p), x), params)
 
 
 def lr_multipliers(params: Any, rules: Sequence[tuple[str, float]]) -> Any:
     """Per-leaf learning-rate multiplier from the first matching rule (1.0 if none)."""
-    compiled = []
-    for pattern, multiplier in rules:
-        if float(multiplier) < 0:
-            raise UserError(f"config.optim.lr_multipliers: multiplier for {pattern!r} must be "
-                            f">= 0, got {multiplier}")
-        compiled.append((re.compile(pattern), float(multiplier)))
+    compiled = [(re.compile(pattern), float(multiplier)) for pattern, multiplier in rules]
 
     def multiplier_for(name, _):
         for pattern, multiplier in compiled:
@@ -97,20 +83,20 @@ def scale_by_tree(factors: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
-def make_optimizer(optim_config: Any, params: Any, total_steps: int
+def make_optimizer(optim_config: OptimSettings | Any, params: Any, total_steps: int
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The full optimizer for `params` (arrays or ShapeDtypeStructs) and its base schedule.
 
     AdamW written out as a chain so that frozen parameters carry no Adam moments at all:
     zero frozen grads -> clip global norm -> Adam moments (trainable leaves only) ->
     decoupled weight decay (masked) -> -lr(step) -> per-leaf lr multiplier.
+    `optim_config`: `settings.OptimSettings`, or a ``config.optim`` ConfigDict parsed into one
+    (its defaults and checks).
     """
-    if optim_config.name != "adamw":
-        raise UserError(f"config.optim.name: only 'adamw' is implemented, got "
-                        f"{optim_config.name!r}")
+    optim_config = OptimSettings.from_config(optim_config)
     schedule = warmup_cosine_schedule(
-        optim_config.learning_rate, total_steps,
-        warmup_steps_from_config(optim_config, total_steps), optim_config.end_lr_fraction)
+        optim_config.learning_rate, total_steps, optim_config.warmup(total_steps),
+        optim_config.end_lr_fraction)
     multipliers = lr_multipliers(params, optim_config.lr_multipliers)
     frozen = jax.tree.map(lambda m: m == 0.0, multipliers)
     trainable = jax.tree.map(lambda f: not f, frozen)

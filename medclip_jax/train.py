@@ -28,6 +28,7 @@ from medclip_jax.metric_logging import MetricWriter, Progress, format_duration
 from medclip_jax.models import DualEncoder, build_model
 from medclip_jax.models.dual_encoder import clamped_scale
 from medclip_jax.pretrained import init as init_lib
+from medclip_jax.settings import OptimSettings, TrainSettings
 
 
 @flax.struct.dataclass
@@ -49,16 +50,13 @@ def model_inputs(batch: dict[str, Any], method: str) -> dict[str, Any]:
     return {k: batch[k] for k in methods.batch_keys(method) if k in batch}
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Fails at start-up, naming the field, on values that cannot work."""
+def validate_config(config: ml_collections.ConfigDict) -> TrainSettings:
+    """Parses the config once into its settings; fails at start-up, naming the field, on
+    unknown keys, wrong types and values that cannot work."""
+    parsed = TrainSettings.from_config(config)
     methods.check_loss_kwargs(config.method, dict(config.loss))
-    for field in ("batch_size", "log_every_steps", "checkpoint.every_steps"):
-        value = functools.reduce(getattr, field.split("."), config)
-        if not isinstance(value, int) or value <= 0:
-            raise UserError(f"config.{field} must be a positive integer, got {value!r}")
-    if config.num_epochs <= 0:
-        raise UserError(f"config.num_epochs must be positive, got {config.num_epochs}")
     init_lib.check_init_config(config)
+    return parsed
 
 
 def model_config_with_vocab(model_config: ml_collections.ConfigDict,
@@ -228,11 +226,15 @@ def make_train_step(tx: optax.GradientTransformation, schedule: optax.Schedule,
 
 
 def init_state_and_step(config: ml_collections.ConfigDict, model: DualEncoder, mesh: Mesh,
-                        total_steps: int, rng: jax.Array) -> tuple[TrainState, Callable]:
-    """The sharded initial state and the train step jitted for it (in/out shardings, donation)."""
+                        total_steps: int, rng: jax.Array,
+                        optim_settings: OptimSettings | None = None
+                        ) -> tuple[TrainState, Callable]:
+    """The sharded initial state and the train step jitted for it (in/out shardings, donation).
+    `optim_settings`: parsed ``config.optim`` (parsed here when not given)."""
     p_shardings = param_shardings(model, config, mesh)
     params = init_lib.apply_init(init_params(model, config.model, rng, p_shardings), config)
-    tx, schedule = optim.make_optimizer(config.optim, params, total_steps)
+    optim_settings = optim_settings or OptimSettings.from_config(config.optim)
+    tx, schedule = optim.make_optimizer(optim_settings, params, total_steps)
     opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params),
                                             config.sharding.rules, mesh)
     replicated = sharding.replicated(mesh)
@@ -257,6 +259,7 @@ def init_state_and_step(config: ml_collections.ConfigDict, model: DualEncoder, m
 class Run:
     """Everything built from the config that the loop needs."""
     config: ml_collections.ConfigDict
+    settings: TrainSettings
     mesh: Mesh
     model: DualEncoder
     tokenizer: tokenizers.Tokenizer
@@ -270,7 +273,7 @@ def resolve_model(config: ml_collections.ConfigDict
                   ) -> tuple[ml_collections.ConfigDict, tokenizers.Tokenizer, DualEncoder]:
     """(a resolved copy of the config with the tokenizer's vocabulary, tokenizer, model)."""
     tokenizer = tokenizers.load_tokenizer(config.data.tokenizer)
-    if pipeline.get(config.data, "mlm.enabled", False):
+    if pipeline.data_settings(config.data).mlm.enabled:
         tokenizer = tokenizers.with_mask_token(tokenizer)
     config = ml_collections.ConfigDict(config.to_dict())
     config.model = model_config_with_vocab(config.model, tokenizer)
@@ -279,33 +282,36 @@ def resolve_model(config: ml_collections.ConfigDict
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpointing.Checkpointer]:
     """Builds the run from the config; restores from the workdir's latest checkpoint if any."""
-    validate_config(config)
-    mesh = sharding.make_mesh(dict(config.mesh))
-    sharding.check_batch_size(config.batch_size, mesh)
-    if config.grad_accum_steps < 1 or config.batch_size % (
-            config.grad_accum_steps * sharding.data_parallel_size(mesh)):
-        raise UserError(f"config.grad_accum_steps={config.grad_accum_steps}: the batch size "
-                        f"{config.batch_size} must split into that many micro-batches, each "
+    run_settings = validate_config(config)
+    batch_size, accum = run_settings.batch_size, run_settings.grad_accum_steps
+    mesh = sharding.make_mesh(run_settings.mesh.axis_sizes())
+    sharding.check_batch_size(batch_size, mesh)
+    if batch_size % (accum * sharding.data_parallel_size(mesh)):
+        raise UserError(f"config.grad_accum_steps={accum}: the batch size "
+                        f"{batch_size} must split into that many micro-batches, each "
                         f"divisible by the data-parallel size {sharding.data_parallel_size(mesh)}")
     config, tokenizer, model = resolve_model(config)
 
-    num_examples = pipeline.num_examples(config.data, config.data.train_mixture)
-    if config.eval.every_steps > 0:  # Fail now, not after the first stretch of training.
-        entry = sources.parse_mixture(config.eval.split, field="config.eval.split")[0]
-        sources.num_records(config.data.data_dir, entry.name, entry.split)
-    total_steps = optim.total_train_steps(num_examples, config.num_epochs, config.batch_size)
-    if config.max_steps > 0:
-        total_steps = min(total_steps, config.max_steps)
+    num_examples = pipeline.num_examples(run_settings.data, run_settings.data.train_mixture)
+    if run_settings.eval.every_steps > 0:  # Fail now, not after the first stretch of training.
+        entry = sources.parse_mixture(run_settings.eval.split, field="config.eval.split")[0]
+        sources.num_records(run_settings.data.data_dir, entry.name, entry.split)
+    total_steps = optim.total_train_steps(num_examples, run_settings.num_epochs, batch_size)
+    if run_settings.max_steps > 0:
+        total_steps = min(total_steps, run_settings.max_steps)
 
-    state, train_step = init_state_and_step(config, model, mesh, total_steps,
-                                            jax.random.fold_in(jax.random.key(config.seed), 0))
+    state, train_step = init_state_and_step(
+        config, model, mesh, total_steps,
+        jax.random.fold_in(jax.random.key(run_settings.seed), 0), run_settings.optim)
 
     data_iter = pipeline.make_train_iterator(
-        config.data, image_size=config.model.image.image_size, max_len=config.model.text.max_len,
-        tokenizer=tokenizer, global_batch_size=config.batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count(), seed=config.seed)
+        run_settings.data, image_size=config.model.image.image_size,
+        max_len=config.model.text.max_len, tokenizer=tokenizer, global_batch_size=batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        seed=run_settings.seed)
 
-    checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
+    checkpointer = checkpointing.Checkpointer(workdir,
+                                              max_to_keep=run_settings.checkpoint.max_to_keep)
     latest = checkpointer.latest_step()
     if latest is not None:
         abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
@@ -315,8 +321,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
         state = TrainState(step=rest["step"], params=params, opt_state=rest["opt_state"],
                            method_state=rest["method_state"])
 
-    run = Run(config=config, mesh=mesh, model=model, tokenizer=tokenizer, state=state,
-              train_step=train_step, total_steps=total_steps, data_iter=data_iter)
+    run = Run(config=config, settings=run_settings, mesh=mesh, model=model, tokenizer=tokenizer,
+              state=state, train_step=train_step, total_steps=total_steps, data_iter=data_iter)
     return run, checkpointer
 
 
@@ -332,29 +338,29 @@ def validate(run: Run, params: Any) -> dict[str, float]:
     different methods can be compared on one number. The split's texts are its own caption
     field (`fields.caption_field`; the first caption of a list), not config.data.caption_field.
     """
-    config = run.config
-    entry = sources.parse_mixture(config.eval.split, field="config.eval.split")[0]
+    config, settings = run.config, run.settings
+    entry = sources.parse_mixture(settings.eval.split, field="config.eval.split")[0]
     available = sources.read_builder(
-        sources.dataset_dir(config.data.data_dir, entry.name)).info.features.keys()
+        sources.dataset_dir(settings.data.data_dir, entry.name)).info.features.keys()
     caption_field = fields.caption_field(entry.name, available)
     batches = pipeline.make_eval_iterator(
-        config.data.data_dir, entry.name, entry.split,
+        settings.data.data_dir, entry.name, entry.split,
         image_size=config.model.image.image_size, max_len=config.model.text.max_len,
-        tokenizer=run.tokenizer, global_batch_size=config.batch_size,
+        tokenizer=run.tokenizer, global_batch_size=settings.batch_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        data_config=config.data, image_field=fields.image_field(entry.name, available),
+        data_config=settings.data, image_field=fields.image_field(entry.name, available),
         text_field=caption_field)
-    max_batches = max(1, -(-config.eval.max_examples // config.batch_size))
+    max_batches = max(1, -(-settings.eval.max_examples // settings.batch_size))
     out = embed.embed_batches(run.model, params, batches, run.mesh, max_batches=max_batches)
     image_emb, text_emb = out["image_emb"], out["text_emb"]
     scale = clamped_scale(params["logit_scale"], config.model.max_logit_scale)
     chunk_losses = [
-        clip_losses.clip_loss(image_emb[i:i + config.batch_size],
-                              text_emb[i:i + config.batch_size], scale)[0]
-        for i in range(0, len(image_emb), config.batch_size)]
+        clip_losses.clip_loss(image_emb[i:i + settings.batch_size],
+                              text_emb[i:i + settings.batch_size], scale)[0]
+        for i in range(0, len(image_emb), settings.batch_size)]
     # Identical captions are one text whose positives are all their images (as in evals/);
     # the eval iterator embeds each record's first caption, so that is the one used here.
-    annotations = sources.load_annotations(config.data.data_dir, entry.name, entry.split,
+    annotations = sources.load_annotations(settings.data.data_dir, entry.name, entry.split,
                                            fields=(caption_field,))
     captions = [c if isinstance(c, str) else (c[0] if len(c) else "")
                 for c in np.asarray(annotations[caption_field])[out["index"]]]
@@ -364,7 +370,7 @@ def validate(run: Run, params: Any) -> dict[str, float]:
         first_record.setdefault(caption.strip(), row)
     unique_text_emb = text_emb[[first_record[t] for t in texts]]
     metrics = retrieval.retrieval_metrics(image_emb, unique_text_emb, image_positives,
-                                          text_positives, ks=tuple(config.eval.ks))
+                                          text_positives, ks=settings.eval.ks)
     keep = {k: v for k, v in metrics.items() if "R@" in k}
     return {"loss": float(np.mean(chunk_losses)), **keep}
 
@@ -392,13 +398,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     Stops early, after saving a checkpoint, when the job receives SIGTERM.
     """
     run, checkpointer = setup(config, workdir)
-    config = run.config
+    config, settings = run.config, run.settings
     writer = MetricWriter(workdir)
     state = run.state
     start_step = int(state.step)
     if start_step:
         print(f"Resumed from checkpoint at step {start_step}", flush=True)
-    progress = Progress(run.total_steps, start_step, config.batch_size)
+    progress = Progress(run.total_steps, start_step, settings.batch_size)
     compile_start = time.perf_counter()
     pending = []
     with preemption.PreemptionWatcher() as watcher:
@@ -406,24 +412,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             local_batch = next(run.data_iter)
             batch = sharding.to_global_batch(model_inputs(local_batch, config.method),
                                              run.mesh)
-            state, metrics = run.train_step(state, batch, step_rng(config.seed, step))
+            state, metrics = run.train_step(state, batch, step_rng(settings.seed, step))
             done = step + 1
             if step == start_step:
                 jax.block_until_ready(metrics)
                 print(f"step {done}: compiled and ran the first train step in "
                       f"{time.perf_counter() - compile_start:.1f}s", flush=True)
-                progress = Progress(run.total_steps, done, config.batch_size)
+                progress = Progress(run.total_steps, done, settings.batch_size)
             pending.append(metrics)
             last = done == run.total_steps
-            if done % config.log_every_steps == 0 or last:
+            if done % settings.log_every_steps == 0 or last:
                 log_train_metrics(writer, progress, pending, done, run.total_steps, checkpointer)
                 pending = []
-            if config.eval.every_steps > 0 and (done % config.eval.every_steps == 0 or last):
+            if settings.eval.every_steps > 0 and (done % settings.eval.every_steps == 0 or last):
                 val = writer.write(done, validate(run, state.params), prefix="val/")
                 print(f"step {done} validation: " +
                       " ".join(f"{k[4:]} {v:.4f}" for k, v in val.items()), flush=True)
-            stop = done % config.log_every_steps == 0 and watcher.should_stop()
-            if stop or done % config.checkpoint.every_steps == 0 or last:
+            stop = done % settings.log_every_steps == 0 and watcher.should_stop()
+            if stop or done % settings.checkpoint.every_steps == 0 or last:
                 checkpointer.save(done, state.params, rest_of_state(state), config.to_dict(),
                                   run.data_iter)
             if stop:

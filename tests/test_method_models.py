@@ -13,7 +13,7 @@ from configs import base as config_base
 from helpers import set_dotted
 from medclip_jax import methods
 from medclip_jax.errors import UserError
-from medclip_jax.models import build_model, init_params, model_config
+from medclip_jax.models import build_model, init_params
 
 B, L, IMAGE, VOCAB = 3, 16, 32, 100
 

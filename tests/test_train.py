@@ -189,7 +189,13 @@ def test_missing_eval_split_fails_at_start(tiny_data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_divergence_stops_with_one_line(tiny_data_dir, tmp_path):
+    # A NaN learning rate is refused at start-up now (config.optim.learning_rate must be
+    # finite); an absurdly large one still makes the run diverge.
     config = tiny_config(tiny_data_dir, max_steps=2, **{"optim.learning_rate": float("nan"),
+                                                        "eval.every_steps": 0})
+    with pytest.raises(UserError, match="config.optim.learning_rate must be a finite number"):
+        train.train_and_evaluate(config, str(tmp_path))
+    config = tiny_config(tiny_data_dir, max_steps=2, **{"optim.learning_rate": 1e30,
                                                         "eval.every_steps": 0})
     with pytest.raises(UserError, match="diverged"):
         train.train_and_evaluate(config, str(tmp_path))

@@ -41,36 +41,41 @@ depend on the process count either. A record is decoded once for the main image 
 views, unless the views' smaller crops need a larger JPEG draft: then the views get their own
 decode, so the main image's pixels never change.
 
-``config.data`` fields read here (suggested defaults in brackets; a missing field takes it):
+``config.data`` fields read here, parsed once into `settings.DataSettings` (the one home of
+their defaults, in brackets here; ``tests/test_settings.py`` checks that they agree; a field
+missing from the config takes its default, an unknown one fails):
 
-* ``data_dir``: TFDS data_dir root [``data/tfds``].
-* ``train_mixture``: ``"dataset[@config]/split[:weight],..."`` (see `sources`).
-* ``augment.random_crop_scale``: area fraction range of the random resized crop [(0.8, 1.0)];
-  ``(1.0, 1.0)`` means no crop augmentation (shorter side resize + centre crop, as in eval).
-* ``augment.random_crop_ratio``: aspect ratio range of that crop [(3/4, 4/3)].
-* ``augment.flip``: random left-right flips [False: they swap "left"/"right" in radiology].
-* ``mean``, ``std``: per-channel normalisation [OpenAI CLIP's].
-* ``read_threads``: threads building batches ahead [2; 0 = in the caller's thread].
-* ``prefetch_batches``: batches buffered ahead per process or worker [2].
-* ``worker_processes``: grain worker processes (``mp_prefetch``) for many-core hosts, train
-  only [0]; needs absl flags parsed (true under ``absl.app.run``). Batches stay identical,
+* ``data_dir`` [``data/tfds``]: TFDS data_dir root.
+* ``train_mixture`` [``synthetic_medical/train``]: ``"dataset[@config]/split[:weight],..."``
+  (see `sources`).
+* ``augment.random_crop_scale`` [(0.8, 1.0)]: area fraction range of the random resized crop,
+  CLIP-style light cropping; ``(1.0, 1.0)`` means no crop augmentation (shorter side resize +
+  centre crop, as in eval).
+* ``augment.random_crop_ratio`` [(3/4, 4/3)]: aspect ratio range of that crop.
+* ``augment.flip`` [False]: random left-right flips (off: they swap "left"/"right" in
+  radiology captions).
+* ``mean``, ``std`` [OpenAI CLIP's]: per-channel normalisation.
+* ``read_threads`` [2]: threads building batches ahead (0 = in the caller's thread).
+* ``prefetch_batches`` [2]: batches buffered ahead per process or worker.
+* ``worker_processes`` [0]: grain worker processes (``mp_prefetch``) for many-core hosts, train
+  only; needs absl flags parsed (true under ``absl.app.run``). Batches stay identical,
   but a checkpointed iterator state only restores under the same value.
-* ``image_field``, ``caption_field``: the training records' fields ["image", "caption"]; a
+* ``image_field`` [``image``], ``caption_field`` [``caption``]: the training records' fields; a
   caption field holding a list of captions yields one of them at random. Train only: eval
   iterators read the evaluated dataset's own fields (see `make_eval_iterator`).
-* ``tokenizer``: read by the caller (`tokenizers.load_tokenizer`), not here.
-* ``image_views``: extra augmented image views per train example [0].
+* ``tokenizer`` [``minilm``]: read by the caller (`tokenizers.load_tokenizer`), not here.
+* ``image_views`` [0]: extra augmented image views per train example.
 * ``view_augment.*``: the views' recipe, SLIP's (= MoCo v3's) SimCLR augmentation:
   ``random_crop_scale`` [(0.08, 1.0)], ``random_crop_ratio`` [(3/4, 4/3)],
-  ``color_jitter`` (brightness, contrast, saturation, hue) [(0.4, 0.4, 0.4, 0.1)] applied with
+  ``color_jitter`` [(0.4, 0.4, 0.4, 0.1)] (brightness, contrast, saturation, hue) applied with
   ``color_jitter_prob`` [0.8], the four ops in a random order (torchvision's ColorJitter),
   ``grayscale_prob`` [0.2], ``blur_prob`` [0.5] with sigma uniform in ``blur_sigma``
-  [(0.1, 2.0)] output pixels, ``flip`` (left-right, p = 1/2) [True].
-* ``text_views``: token-dropout text views per train example [0].
-* ``text_view_drop_prob``: probability of dropping each content token in a text view [0.1].
-* ``mlm.enabled`` [False], ``mlm.mask_prob`` [0.15], ``mlm.max_predictions`` per example [20],
-  ``mlm.selection``: ``"bernoulli"`` (per-token) or ``"fixed"`` (BERT's script) [bernoulli];
-  needs a tokenizer with a mask token.
+  [(0.1, 2.0)] output pixels, ``flip`` [True] (left-right, p = 1/2).
+* ``text_views`` [0]: token-dropout text views per train example.
+* ``text_view_drop_prob`` [0.1]: probability of dropping each content token in a text view.
+* ``mlm.enabled`` [False], ``mlm.mask_prob`` [0.15], ``mlm.max_predictions`` [20] per example,
+  ``mlm.selection`` [``bernoulli``]: ``"bernoulli"`` (per-token) or ``"fixed"`` (BERT's
+  script); needs a tokenizer with a mask token.
 """
 
 import functools
@@ -86,6 +91,7 @@ from PIL import Image
 from medclip_jax.data import image_ops, sources, text_ops
 from medclip_jax.data.tokenizers import Tokenizer
 from medclip_jax.errors import UserError
+from medclip_jax.settings import DataSettings
 
 SHUFFLE_TAG = 0x5EED
 AUGMENT_TAG = 0xA06
@@ -94,48 +100,13 @@ TEXT_VIEW_TAG = 0x7E47
 MLM_TAG = 0x3A5C
 
 
-def get(config: ml_collections.ConfigDict | None, path: str, default: Any) -> Any:
-    """A dotted config field, or the default when the config does not have it."""
-    node = config
-    for part in path.split("."):
-        if node is None or part not in node:
-            return default
-        node = node[part]
-    return node
+DataConfig = ml_collections.ConfigDict | DataSettings | None
 
 
-def int_field(data_config: ml_collections.ConfigDict | None, path: str, default: int,
-              minimum: int = 0) -> int:
-    """An integer `config.data` field >= minimum."""
-    value = get(data_config, path, default)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise UserError(f"config.data.{path} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def float_field(data_config: ml_collections.ConfigDict | None, path: str, default: float,
-                low: float, high: float, low_open: bool = False) -> float:
-    """A number in [low, high] (or (low, high] with low_open)."""
-    value = get(data_config, path, default)
-    ok = (isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-          and (low < value if low_open else low <= value) and value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}]"
-        raise UserError(f"config.data.{path} must be a number in {interval}, got {value!r}")
-    return float(value)
-
-
-def float_tuple(data_config: ml_collections.ConfigDict | None, path: str,
-                default: Sequence[float], length: int, rule: str) -> tuple[float, ...]:
-    """A tuple of `length` numbers; `rule` describes the constraint in the error."""
-    value = get(data_config, path, default)
-    try:
-        numbers = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        numbers = ()
-    if len(numbers) != length or any(math.isnan(v) for v in numbers):
-        raise UserError(f"config.data.{path} must be {rule}, got {value!r}")
-    return numbers
+def data_settings(data_config: DataConfig) -> DataSettings:
+    """`config.data` parsed once (`settings.DataSettings`: its defaults and checks); None = every
+    default (evaluation without a training config)."""
+    return DataSettings.from_config(data_config)
 
 
 def derived_seed(*parts: int) -> int:
@@ -181,26 +152,14 @@ def crop_min_side(size: int, scale: Sequence[float], ratio: Sequence[float]) -> 
 class ImageSettings:
     """How a record's image becomes a uint8 model input (resolved once from the config)."""
 
-    def __init__(self, data_config: ml_collections.ConfigDict | None, image_size: int,
-                 train: bool):
+    def __init__(self, data: DataSettings, image_size: int, train: bool):
         self.size = int(image_size)
-        scale = tuple(float(s) for s in get(data_config, "augment.random_crop_scale", (1., 1.)))
-        ratio = tuple(float(r) for r in get(data_config, "augment.random_crop_ratio",
-                                            (3 / 4, 4 / 3)))
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-            raise UserError(f"config.data.augment.random_crop_scale must be (low, high) with "
-                            f"0 < low <= high <= 1, got {scale}")
-        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
-            raise UserError(f"config.data.augment.random_crop_ratio must be (low, high) with "
-                            f"0 < low <= high, got {ratio}")
+        scale, ratio = data.augment.random_crop_scale, data.augment.random_crop_ratio
         self.train = train
         self.crop = train and scale != (1.0, 1.0)
-        self.flip = train and bool(get(data_config, "augment.flip", False))
+        self.flip = train and data.augment.flip
         self.scale, self.ratio = scale, ratio
-        self.mean = tuple(float(m) for m in get(data_config, "mean", image_ops.CLIP_MEAN))
-        self.std = tuple(float(s) for s in get(data_config, "std", image_ops.CLIP_STD))
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise UserError("config.data.mean and config.data.std need 3 values (std > 0)")
+        self.mean, self.std = data.mean, data.std
         # JPEGs may be DCT-downscaled as long as the smallest crop still covers `size` pixels.
         self.min_side = crop_min_side(self.size, scale, ratio) if self.crop else self.size
 
@@ -219,45 +178,12 @@ class ImageSettings:
         return pixels
 
 
-def view_recipe(data_config: ml_collections.ConfigDict | None) -> image_ops.ViewRecipe:
-    """`config.data.view_augment`, validated (missing fields take SLIP's recipe)."""
-    default = image_ops.ViewRecipe()
-    path = "view_augment."
-    scale = float_tuple(data_config, path + "random_crop_scale", default.random_crop_scale, 2,
-                        "(low, high) with 0 < low <= high <= 1")
-    if not 0 < scale[0] <= scale[1] <= 1:
-        raise UserError(f"config.data.{path}random_crop_scale must be (low, high) with "
-                        f"0 < low <= high <= 1, got {scale}")
-    ratio = float_tuple(data_config, path + "random_crop_ratio", default.random_crop_ratio, 2,
-                        "(low, high) with 0 < low <= high")
-    if not 0 < ratio[0] <= ratio[1]:
-        raise UserError(f"config.data.{path}random_crop_ratio must be (low, high) with "
-                        f"0 < low <= high, got {ratio}")
-    jitter_rule = "(brightness, contrast, saturation, hue), all >= 0, hue <= 0.5"
-    jitter = float_tuple(data_config, path + "color_jitter", default.color_jitter, 4,
-                         jitter_rule)
-    if min(jitter) < 0 or jitter[3] > 0.5:
-        raise UserError(f"config.data.{path}color_jitter must be {jitter_rule}, got {jitter}")
-    sigma = float_tuple(data_config, path + "blur_sigma", default.blur_sigma, 2,
-                        "(low, high) with 0 < low <= high")
-    if not 0 < sigma[0] <= sigma[1]:
-        raise UserError(f"config.data.{path}blur_sigma must be (low, high) with "
-                        f"0 < low <= high, got {sigma}")
-    flip = get(data_config, path + "flip", default.flip)
-    if not isinstance(flip, (bool, np.bool_)):
-        raise UserError(f"config.data.{path}flip must be True or False, got {flip!r}")
-    probs = {name: float_field(data_config, path + name, getattr(default, name), 0.0, 1.0)
-             for name in ("color_jitter_prob", "grayscale_prob", "blur_prob")}
-    return image_ops.ViewRecipe(random_crop_scale=scale, random_crop_ratio=ratio,
-                                color_jitter=jitter, blur_sigma=sigma, flip=bool(flip), **probs)
-
-
 class ImageViews:
     """`config.data.image_views` extra SimCLR-style views of each train image."""
 
-    def __init__(self, data_config: ml_collections.ConfigDict | None, image_size: int):
-        self.count = int_field(data_config, "image_views", 0)
-        self.recipe = view_recipe(data_config)
+    def __init__(self, data: DataSettings, image_size: int):
+        self.count = data.image_views
+        self.recipe = data.view_augment
         self.size = int(image_size)
         crop = tuple(self.recipe.random_crop_scale) != (1.0, 1.0)
         self.min_side = (crop_min_side(self.size, self.recipe.random_crop_scale,
@@ -273,19 +199,13 @@ class ImageViews:
 class TextExtras:
     """Token-dropout text views and MLM inputs, built from each row's packed `text_ids`."""
 
-    def __init__(self, data_config: ml_collections.ConfigDict | None, tokenizer: Tokenizer):
-        self.views = int_field(data_config, "text_views", 0)
-        self.drop_prob = float_field(data_config, "text_view_drop_prob", 0.1, 0.0, 1.0)
-        self.mlm = get(data_config, "mlm.enabled", False)
-        if not isinstance(self.mlm, (bool, np.bool_)):
-            raise UserError(f"config.data.mlm.enabled must be True or False, got {self.mlm!r}")
-        self.mask_prob = float_field(data_config, "mlm.mask_prob", 0.15, 0.0, 1.0,
-                                     low_open=True)
-        self.max_predictions = int_field(data_config, "mlm.max_predictions", 20, minimum=1)
-        self.selection = get(data_config, "mlm.selection", "bernoulli")
-        if self.selection not in text_ops.SELECTIONS:
-            raise UserError(f"config.data.mlm.selection must be one of {text_ops.SELECTIONS}, "
-                            f"got {self.selection!r}")
+    def __init__(self, data: DataSettings, tokenizer: Tokenizer):
+        self.views = data.text_views
+        self.drop_prob = data.text_view_drop_prob
+        self.mlm = data.mlm.enabled
+        self.mask_prob = data.mlm.mask_prob
+        self.max_predictions = data.mlm.max_predictions
+        self.selection = data.mlm.selection
         self.active = bool(self.views or self.mlm)
         if not self.active:
             return
@@ -295,7 +215,7 @@ class TextExtras:
             if tokenizer.mask_id is None:
                 raise UserError(
                     f"config.data.mlm.enabled needs a tokenizer with a mask token, and "
-                    f"config.data.tokenizer={get(data_config, 'tokenizer', '?')!r} has none")
+                    f"config.data.tokenizer={data.tokenizer!r} has none")
             self.mask_id = int(tokenizer.mask_id)
             self.random_ids = text_ops.random_token_ids(tokenizer.vocab_size,
                                                         tokenizer.special_ids)
@@ -445,19 +365,11 @@ def open_sources(data_dir: str, entries: Sequence[sources.MixtureEntry],
     return opened
 
 
-def record_fields(data_config: ml_collections.ConfigDict | None) -> tuple[str, str]:
-    return get(data_config, "image_field", "image"), get(data_config, "caption_field", "caption")
-
-
-def batches_to_iter(batches: grain.MapDataset, data_config: ml_collections.ConfigDict | None,
-                    use_workers: bool) -> grain.IterDataset:
+def batches_to_iter(batches: grain.MapDataset, data: DataSettings, use_workers: bool
+                    ) -> grain.IterDataset:
     """Reader threads (and optionally worker processes) build whole batches ahead of time."""
-    threads = int(get(data_config, "read_threads", 2))
-    prefetch = int(get(data_config, "prefetch_batches", 2))
-    workers = int(get(data_config, "worker_processes", 0)) if use_workers else 0
-    if min(threads, prefetch, workers) < 0:
-        raise UserError("config.data.read_threads, prefetch_batches and worker_processes must "
-                        "be >= 0")
+    threads, prefetch = data.read_threads, data.prefetch_batches
+    workers = data.worker_processes if use_workers else 0
     dataset = batches.to_iter_dataset(
         grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
     if workers:
@@ -465,27 +377,28 @@ def batches_to_iter(batches: grain.MapDataset, data_config: ml_collections.Confi
     return dataset
 
 
-def train_dataset(data_config: ml_collections.ConfigDict, *, image_size: int, max_len: int,
+def train_dataset(data_config: DataConfig, *, image_size: int, max_len: int,
                   tokenizer: Tokenizer, global_batch_size: int, process_index: int,
                   process_count: int, seed: int) -> grain.IterDataset:
     """The endless batched train dataset of this process (see the module docstring)."""
+    data = data_settings(data_config)
     local_batch_size(global_batch_size, process_index, process_count)
-    settings = ImageSettings(data_config, image_size, True)
-    image_views = ImageViews(data_config, image_size)
-    text_extras = TextExtras(data_config, tokenizer)
-    entries = sources.parse_mixture(data_config.train_mixture)
-    fields = record_fields(data_config)
-    record_sources = open_sources(data_config.data_dir, entries, fields)
+    settings = ImageSettings(data, image_size, True)
+    image_views = ImageViews(data, image_size)
+    text_extras = TextExtras(data, tokenizer)
+    entries = sources.parse_mixture(data.train_mixture)
+    fields = (data.image_field, data.caption_field)
+    record_sources = open_sources(data.data_dir, entries, fields)
     lengths = [len(s) for s in record_sources]
     stream = record_stream(lengths, sources.mixture_weights(entries, lengths), seed)
     loader = BatchLoader(record_sources, stream, settings, tokenizer, max_len, fields, seed,
                          global_batch_size, process_index, process_count,
                          image_views=image_views, text_extras=text_extras)
     batches = grain.MapDataset.range(sys.maxsize // global_batch_size).map(loader)
-    return batches_to_iter(batches, data_config, use_workers=True)
+    return batches_to_iter(batches, data, use_workers=True)
 
 
-def make_train_iterator(data_config: ml_collections.ConfigDict, *, image_size: int,
+def make_train_iterator(data_config: DataConfig, *, image_size: int,
                         max_len: int, tokenizer: Tokenizer, global_batch_size: int,
                         process_index: int, process_count: int, seed: int
                         ) -> grain.DatasetIterator:
@@ -496,7 +409,7 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, image_size: i
         process_count=process_count, seed=seed))
 
 
-def num_examples(data_config: ml_collections.ConfigDict, mixture_spec: str) -> int:
+def num_examples(data_config: DataConfig, mixture_spec: str) -> int:
     """Records in one pass over every source of a mixture (the schedule's epoch size)."""
     return sum(sources.num_records(data_config.data_dir, e.name, e.split)
                for e in sources.parse_mixture(mixture_spec))
@@ -505,7 +418,7 @@ def num_examples(data_config: ml_collections.ConfigDict, mixture_spec: str) -> i
 def make_eval_iterator(data_dir: str, name: str, split: str, *, image_size: int, max_len: int,
                        tokenizer: Tokenizer | None, global_batch_size: int, process_index: int,
                        process_count: int,
-                       data_config: ml_collections.ConfigDict | None = None,
+                       data_config: DataConfig = None,
                        image_field: str = "image", text_field: str | None = None
                        ) -> grain.IterDataset:
     """Every record once, in order, as padded host-local batches (re-iterable).
@@ -520,12 +433,13 @@ def make_eval_iterator(data_dir: str, name: str, split: str, *, image_size: int,
     reader threads. With ``text_field=None`` (the default) batches hold images only; with a
     text field (a list field gives its first caption) they add ``text_ids`` / ``text_mask``.
     """
+    data = data_settings(data_config)
     local_batch_size(global_batch_size, process_index, process_count)
     fields = (image_field, text_field)
     record_source = open_sources(data_dir, [sources.MixtureEntry(name, split)], fields)[0]
-    loader = BatchLoader([record_source], None, ImageSettings(data_config, image_size, False),
+    loader = BatchLoader([record_source], None, ImageSettings(data, image_size, False),
                          tokenizer, max_len, fields, 0, global_batch_size, process_index,
                          process_count)
     num_batches = -(-len(record_source) // global_batch_size)
     batches = grain.MapDataset.range(num_batches).map(loader)
-    return batches_to_iter(batches, data_config, use_workers=False)
+    return batches_to_iter(batches, data, use_workers=False)

@@ -51,6 +51,7 @@ import optax
 import optax.tree_utils as otu
 
 from medclip_jax.errors import UserError
+from medclip_jax.settings import LinearProbeSettings
 from medclip_jax.evaluation import metrics
 
 #: Metrics averaged over seeds in k-shot mode.
@@ -61,10 +62,11 @@ MIN_ROWS_BUCKET = 128
 @dataclasses.dataclass(frozen=True)
 class ProbeSettings:
     """The solver and the sweep. `l2_grid` holds values of `l2` in the mean-loss objective."""
-    l2_grid: tuple[float, ...] = tuple(10.0 ** e for e in range(-6, 1))
-    max_iterations: int = 1000
-    tolerance: float = 1e-4
-    standardize: bool = True
+    # Defaults: config.linear_probe's (`settings.LinearProbeSettings`), their one home.
+    l2_grid: tuple[float, ...] = LinearProbeSettings.l2_grid
+    max_iterations: int = LinearProbeSettings.max_iterations
+    tolerance: float = LinearProbeSettings.tolerance
+    standardize: bool = LinearProbeSettings.standardize
 
     def __post_init__(self):
         if not self.l2_grid or any(not (l >= 0 and np.isfinite(l)) for l in self.l2_grid):

@@ -51,11 +51,11 @@ from typing import Any, Callable, Iterator, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from medclip_jax import settings as settings_lib
 from medclip_jax import sharding
 from medclip_jax.data import pipeline
 from medclip_jax.data.text_ops import normalize_caption as normalize_answer
@@ -63,8 +63,8 @@ from medclip_jax.errors import UserError
 from medclip_jax.evaluation import runner
 from medclip_jax.models import DualEncoder
 
-FUSIONS = ("bilinear", "cross_attention")
-QUESTION_FEATURES = ("tokens", "pooled")
+FUSIONS = settings_lib.FUSIONS
+QUESTION_FEATURES = settings_lib.QUESTION_FEATURES
 CLOSED_TYPES = ("closed", "yes/no", "yes_no", "yesno")
 OPEN_TYPES = ("open", "other")
 #: Top-level CLIP params that `finetune_image` trains; the rest stays frozen.
@@ -331,14 +331,15 @@ class VqaHead(nn.Module):
     [B, L] (or, with question_features="pooled", the pooled question as the only query).
     """
     num_answers: int
-    fusion: str = "bilinear"
-    question_features: str = "tokens"
-    hidden_dim: int = 128
-    bilinear_factor: int = 4
-    num_heads: int = 4
-    num_layers: int = 1
-    classifier_hidden_dim: int = 256
-    dropout: float = 0.1
+    # No defaults: `HeadSettings.head` gives every field from config.vqa (settings.VqaSettings).
+    fusion: str
+    question_features: str
+    hidden_dim: int
+    bilinear_factor: int
+    num_heads: int
+    num_layers: int
+    classifier_hidden_dim: int
+    dropout: float
 
     @nn.compact
     def __call__(self, features: dict[str, jax.Array], *, train: bool = False) -> jax.Array:
@@ -369,32 +370,8 @@ class VqaHead(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class HeadSettings:
-    """`config.vqa`, validated once (one-line UserError naming the field)."""
-    fusion: str = "bilinear"
-    question_features: str = "tokens"
-    hidden_dim: int = 128
-    bilinear_factor: int = 4
-    num_heads: int = 4
-    num_layers: int = 1
-    classifier_hidden_dim: int = 256
-    dropout: float = 0.1
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    max_answers: int = 0
-    finetune_image: bool = False
-    image_lr_multiplier: float = 0.1
-
-    @property
-    def needs_image_tokens(self) -> bool:
-        return self.fusion == "cross_attention"
-
-    @property
-    def needs_question_tokens(self) -> bool:
-        return self.fusion == "cross_attention" and self.question_features == "tokens"
+class HeadSettings(settings_lib.VqaSettings):
+    """`config.vqa` (defaults and checks: `settings.VqaSettings`), able to build its head."""
 
     def head(self, num_answers: int) -> VqaHead:
         """The head with this config's values for every VqaHead field (matched by name)."""
@@ -403,41 +380,9 @@ class HeadSettings:
         return VqaHead(num_answers, **{name: getattr(self, name) for name in shared})
 
 
-def settings_from_config(vqa: ml_collections.ConfigDict | dict[str, Any]) -> HeadSettings:
-    """Reads and checks `config.vqa` (unknown names and impossible values fail here)."""
-    values = {}
-    for field in dataclasses.fields(HeadSettings):
-        if field.name in vqa:
-            values[field.name] = vqa[field.name]
-    settings = HeadSettings(**values)
-
-    def fail(name: str, rule: str) -> None:
-        raise UserError(f"config.vqa.{name} must be {rule}, got {getattr(settings, name)!r}")
-
-    if settings.fusion not in FUSIONS:
-        fail("fusion", f"one of {', '.join(FUSIONS)}")
-    if settings.question_features not in QUESTION_FEATURES:
-        fail("question_features", f"one of {', '.join(QUESTION_FEATURES)}")
-    for name in ("hidden_dim", "bilinear_factor", "num_heads", "num_layers",
-                 "classifier_hidden_dim", "epochs", "batch_size"):
-        value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            fail(name, "a positive integer")
-    if settings.fusion == "cross_attention" and settings.hidden_dim % settings.num_heads:
-        fail("hidden_dim", f"divisible by config.vqa.num_heads={settings.num_heads}")
-    if not isinstance(settings.max_answers, (int, np.integer)) or settings.max_answers < 0:
-        fail("max_answers", "an integer >= 0 (0 = every train answer)")
-    if not 0.0 <= float(settings.dropout) < 1.0:
-        fail("dropout", "in [0, 1)")
-    if not float(settings.learning_rate) > 0:
-        fail("learning_rate", "> 0")
-    if not float(settings.weight_decay) >= 0:
-        fail("weight_decay", ">= 0")
-    if not float(settings.image_lr_multiplier) > 0:
-        fail("image_lr_multiplier", "> 0")
-    if not isinstance(settings.finetune_image, (bool, np.bool_)):
-        fail("finetune_image", "True or False")
-    return settings
+def settings_from_config(vqa: Any) -> HeadSettings:
+    """Reads and checks `config.vqa` once (unknown names and impossible values fail here)."""
+    return HeadSettings.from_config(vqa)
 
 
 # --------------------------------------------------------------------------------------------

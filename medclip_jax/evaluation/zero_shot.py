@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medclip_jax import settings
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import metrics
 
@@ -75,7 +76,7 @@ def zero_shot_scores(image_emb, classifier) -> np.ndarray:
 # records whose target is known; a label without both classes among them has no AUROC and is
 # listed in ``skipped_labels``; ``mean_auroc`` averages the labels that have one.
 
-UNCERTAIN_POLICIES = ("exclude", "negative", "positive")
+UNCERTAIN_POLICIES = settings.UNCERTAIN_POLICIES
 
 
 def multilabel_classifiers(positive_emb, negative_emb) -> tuple[np.ndarray, np.ndarray]:

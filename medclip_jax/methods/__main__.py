@@ -12,6 +12,7 @@ if __name__ == "__main__":
                               if not loss)
         print(" ".join(files))
     elif sys.argv[1:]:
-        sys.exit(f"usage: python -m medclip_jax.methods [--configs]")
+        print("error: usage: python -m medclip_jax.methods [--configs]", file=sys.stderr)
+        sys.exit(2)
     else:
         print(" ".join(methods.names()))
