@@ -132,6 +132,7 @@ def test_linear_probe_on_a_classification_build(loaded, data_dir, tmp_path):
     assert 0.0 <= lung["top1"] <= 1.0 and lung["num_classes"] == 3
 
 
+@pytest.mark.slow
 def test_vqa_runs_on_a_checkpoint_trained_on_either_field(loaded, data_dir, tmp_path):
     config = eval_config(data_dir)
     config.vqa.datasets = ("synthetic_medical@tiny",)

@@ -4,6 +4,7 @@ logits and the loss against a naive numpy re-implementation of the formulas in
 `itm_head`. Its training run (the loss goes down) is in test_method_training.py, which covers
 every registered method."""
 
+import functools
 import math
 
 import jax
@@ -20,14 +21,19 @@ from medclip_jax.models import build_model, init_params
 N = 6
 
 
+@functools.cache
 def setup_model():
+    """The tiny ITM model, its params and one batch's outputs (built once: the tests only read
+    them)."""
     config = itm_config.get_config("tiny")
     config.model.text.vocab_size = 100
     model = build_model(config.model, "itm")
-    params = init_params(model, jax.random.key(0), config.model.image.image_size,
-                         config.model.text.max_len)
+    params = jax.jit(lambda rng: init_params(model, rng, config.model.image.image_size,
+                                             config.model.text.max_len))(jax.random.key(0))
     batch = {k: jnp.asarray(v) for k, v in synthetic_batch.random_batch(config, N).items()}
-    return config, model, params, batch
+    forward = jax.jit(lambda params, batch: model.apply({"params": params}, batch,
+                                                        method=model.apply_batch))
+    return config, model, params, forward(params, batch)
 
 
 def ref_normalize(x):
@@ -87,8 +93,7 @@ def test_head_is_the_methods_own_and_clip_has_none():
 
 @pytest.mark.parametrize("weight", [1.0, 0.3])
 def test_logits_and_loss_match_a_numpy_reference(weight):
-    config, model, params, batch = setup_model()
-    outputs = model.apply({"params": params}, batch, method=model.apply_batch)
+    config, model, params, outputs = setup_model()
     image, text = np.asarray(outputs.image_emb, np.float64), np.asarray(outputs.text_emb,
                                                                          np.float64)
     want_logits = ref_itm_logits(as_numpy(params["itm_head"]), image, text)
@@ -111,8 +116,8 @@ def test_the_hardest_negative_is_never_the_positive():
 
 
 def test_bad_knobs_are_named():
-    config, model, params, batch = setup_model()
-    outputs = model.apply({"params": params}, batch, method=model.apply_batch)
+    config, model, params, outputs = setup_model()
+    config = config.copy_and_resolve_references()
     with pytest.raises(UserError, match="config.loss.itm_weight"):
         methods.bind_loss("itm", {"itm_weight": -1.0})(outputs, {})
     with pytest.raises(UserError, match="config.loss.duplicate_captions: method 'itm'"):

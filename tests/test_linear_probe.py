@@ -248,6 +248,7 @@ def test_features_are_cached_and_a_second_run_does_not_embed(tiny_data_dir, tiny
             "k1/macro_auroc_std"} <= set(chest)
 
 
+@pytest.mark.slow
 def test_validation_is_carved_when_the_dataset_has_no_such_split(tiny_data_dir, tiny_workdir,
                                                                 feature_cache):
     from evals import linear_probe as lp_eval

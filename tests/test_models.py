@@ -203,6 +203,7 @@ def test_logit_scale_init_and_clamp():
     np.testing.assert_allclose(clamped, 100.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,pooling", [("causal", "eos"), ("bert", "mean")])
 def test_bfloat16_mode(kind, pooling):
     model32 = build_model(tiny_config(kind, pooling))

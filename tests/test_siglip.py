@@ -141,6 +141,7 @@ def test_adapter_under_jit_and_set_mesh(mesh_name):
     assert ring[0][0].dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_ring_takes_the_context_mesh_and_bfloat16_inputs():
     image, text = embeddings(seed=5, n=16)
     mesh = sharding.make_mesh({"data": 2, "fsdp": 4})

@@ -499,6 +499,7 @@ def test_missing_outputs_and_bad_slip_knobs_raise_user_error():
 
 # ---------------------------------------------------------------- 1 vs 8 devices
 
+@pytest.mark.slow
 def test_same_on_one_and_eight_devices():
     n = 16
     x = declip_inputs(seed=5, n=n)

@@ -322,6 +322,7 @@ def float_args(x):
     return [x[k] for k in ("image_emb", "text_emb", "image_tokens", "text_tokens")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["filip_keep_half", "gloria_code"])
 def test_same_on_one_and_eight_devices(name):
     x = token_inputs(seed=7, b=16, n=4, l=6, e=4,
@@ -340,6 +341,7 @@ def test_same_on_one_and_eight_devices(name):
         assert_float32_close(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["filip_keep_half", "gloria_code"])
 def test_chunk_size_does_not_change_value_or_gradients(name):
     x = token_inputs(seed=8, b=5, n=4, l=6, lengths=(6, 3, 5, 2, 4), scale=0.7)
