@@ -49,7 +49,7 @@ from evals import zero_shot as zero_shot_eval
 from medclip_jax.data import sources
 from medclip_jax import settings as settings_lib
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import fields, linear_probe, runner, tables
+from medclip_jax.evaluation import fields, linear_probe, model_view, tables
 
 FLAGS = flags.FLAGS
 FEATURE_KINDS = settings_lib.PROBE_FEATURES
@@ -64,7 +64,7 @@ class _Identity(nn.Module):
         return x
 
 
-def feature_model(loaded: runner.LoadedModel, kind: str) -> runner.LoadedModel:
+def feature_model(loaded: model_view.ModelView, kind: str) -> model_view.ModelView:
     """The loaded model whose `encode_image` returns the requested features."""
     if kind not in FEATURE_KINDS:
         raise UserError(f"{FIELD}.features: {kind!r} is not one of {', '.join(FEATURE_KINDS)}")
@@ -73,7 +73,7 @@ def feature_model(loaded: runner.LoadedModel, kind: str) -> runner.LoadedModel:
     return dataclasses.replace(loaded, model=loaded.model.clone(image_proj=_Identity()))
 
 
-def cache_path(cache_dir: str, loaded: runner.LoadedModel, data_dir: str, name: str,
+def cache_path(cache_dir: str, loaded: model_view.ModelView, data_dir: str, name: str,
                split: str, kind: str, image_field: str = "image") -> str:
     """``<cache_dir>/<name>-<split>-v<version>-<kind>-step<N>-<hash>.npy``."""
     folder = sources.dataset_dir(data_dir, name)
@@ -85,7 +85,7 @@ def cache_path(cache_dir: str, loaded: runner.LoadedModel, data_dir: str, name: 
     return os.path.join(cache_dir, f"{safe}-v{version}-{kind}-step{loaded.step}-{digest}.npy")
 
 
-def split_features(loaded: runner.LoadedModel, data_dir: str, name: str, split: str,
+def split_features(loaded: model_view.ModelView, data_dir: str, name: str, split: str,
                    kind: str, batch_size: int, cache_dir: str | None,
                    image_field: str = "image") -> np.ndarray:
     """[N, D] features of every record of a split, read from the cache or embedded (and
@@ -97,7 +97,7 @@ def split_features(loaded: runner.LoadedModel, data_dir: str, name: str, split: 
         features = np.load(path)
         if features.shape[0] == num:
             return features
-    features = runner.embed_split_images(feature_model(loaded, kind), data_dir, name, split,
+    features = model_view.embed_split_images(feature_model(loaded, kind), data_dir, name, split,
                                          batch_size, image_field=image_field)
     if len(features) != num:
         raise AssertionError(f"embedded {len(features)} images but {name}/{split} has {num}")
@@ -160,7 +160,7 @@ def task_rows(task_name: str, task: dict[str, Any], annotations: dict[str, np.nd
         num)
 
 
-def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, name: str,
+def evaluate_dataset(loaded: model_view.ModelView, data_dir: str, name: str,
                      config: ml_collections.ConfigDict, cache_dir: str | None
                      ) -> dict[str, dict[str, Any]]:
     lp = config.linear_probe
@@ -208,7 +208,7 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, name: str,
     return results
 
 
-def evaluate(loaded: runner.LoadedModel, data_dir: str, config: ml_collections.ConfigDict,
+def evaluate(loaded: model_view.ModelView, data_dir: str, config: ml_collections.ConfigDict,
              output_dir: str | None = None) -> dict[str, dict[str, Any]]:
     """Every multi-class task of ``config.linear_probe.datasets``: {"<name>/<test>:<task>":
     metrics}. Features are cached in ``linear_probe.cache_dir``, else

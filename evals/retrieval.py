@@ -22,7 +22,7 @@ from absl import flags
 
 from evals import common
 from medclip_jax.data import sources
-from medclip_jax.evaluation import fields, retrieval, runner, tables
+from medclip_jax.evaluation import fields, model_view, retrieval, tables
 
 FLAGS = flags.FLAGS
 
@@ -36,7 +36,7 @@ def captions_per_image(annotations: dict[str, np.ndarray], field: str | None = N
             for v in annotations[field]]
 
 
-def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str, batch_size: int,
+def evaluate_dataset(loaded: model_view.ModelView, data_dir: str, spec: str, batch_size: int,
                      ks: tuple[int, ...], block_size: int,
                      overrides: tuple[fields.FieldOverride, ...] = ()) -> dict[str, Any]:
     """Retrieval over `spec`'s own caption field (`fields.caption_field`), whatever field the
@@ -49,16 +49,16 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str, batch
                                            fields=[caption_field])
     texts, image_positives, text_positives = retrieval.build_positives(
         captions_per_image(annotations, caption_field))
-    image_emb = runner.embed_split_images(loaded, data_dir, entry.name, entry.split,
+    image_emb = model_view.embed_split_images(loaded, data_dir, entry.name, entry.split,
                                           batch_size, image_field=image_field)
-    text_emb = runner.embed_texts(loaded, texts, batch_size)
+    text_emb = model_view.embed_texts(loaded, texts, batch_size)
     result = retrieval.retrieval_metrics(image_emb, text_emb, image_positives, text_positives,
                                          ks=ks, block_size=block_size)
     return {k: (float(v) if isinstance(v, (float, np.floating)) else int(v))
             for k, v in result.items()}
 
 
-def evaluate(loaded: runner.LoadedModel, data_dir: str,
+def evaluate(loaded: model_view.ModelView, data_dir: str,
              config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     """Every dataset of ``config.retrieval.datasets``: {spec: {"i2t_R@K", "t2i_R@K", ...}}."""
     config = common.settings(config)

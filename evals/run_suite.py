@@ -51,7 +51,7 @@ from absl import flags
 from evals import common
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import runner, tables
+from medclip_jax.evaluation import model_view, runner, tables
 
 FLAGS = flags.FLAGS
 
@@ -66,7 +66,7 @@ HEADLINE = ("num_samples", "top1", "balanced_accuracy", "macro_f1", "macro_auroc
             "accuracy", "closed_accuracy", "open_accuracy", "majority_closed_accuracy",
             "num_unseen_answers")
 
-Evaluate = Callable[[runner.LoadedModel, str, ml_collections.ConfigDict], dict[str, Any]]
+Evaluate = Callable[[model_view.ModelView, str, ml_collections.ConfigDict], dict[str, Any]]
 
 
 def check_evaluations(config: ml_collections.ConfigDict) -> list[str]:
@@ -161,7 +161,7 @@ def jsonable(tree: Any) -> Any:
     return str(tree)
 
 
-def run_suite(loaded: runner.LoadedModel, data_dir: str, config: ml_collections.ConfigDict,
+def run_suite(loaded: model_view.ModelView, data_dir: str, config: ml_collections.ConfigDict,
               output_dir: str, workdir: str) -> tuple[dict[str, Any], str]:
     """Runs the suite (see the module docstring); returns the results dict and the JSON path."""
     names = check_evaluations(config)

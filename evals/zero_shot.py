@@ -68,7 +68,7 @@ from absl import flags
 from evals import common
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import fields, metrics, runner, tables, zero_shot
+from medclip_jax.evaluation import fields, metrics, model_view, tables, zero_shot
 
 FLAGS = flags.FLAGS
 TASK_TYPES = ("multiclass", "multilabel")
@@ -203,7 +203,7 @@ def multilabel_task(spec: str, task_name: str, task: dict[str, Any]) -> dict[str
             "negative_templates": list(task["negative_templates"])}
 
 
-def tied_classes(loaded: runner.LoadedModel, class_names: list[str],
+def tied_classes(loaded: model_view.ModelView, class_names: list[str],
                  prompts: list[str]) -> list[list[str]]:
     """Groups of classes whose prompts are identical once tokenised (a class name truncated
     away by the text length): their scores tie, whatever the model."""
@@ -216,7 +216,7 @@ def tied_classes(loaded: runner.LoadedModel, class_names: list[str],
     return [names for names in groups.values() if len(names) > 1]
 
 
-def class_embeddings(loaded: runner.LoadedModel, class_names: list[str],
+def class_embeddings(loaded: model_view.ModelView, class_names: list[str],
                      templates: list[str], batch_size: int) -> np.ndarray:
     """[E, C] prompt-ensemble embeddings of the class names (warns when classes tie)."""
     prompts = zero_shot.format_prompts(class_names, templates)
@@ -226,11 +226,11 @@ def class_embeddings(loaded: runner.LoadedModel, class_names: list[str],
               f"{loaded.train_config.model.text.max_len} tokens; their scores tie "
               f"(shorter templates via config.zero_shot.templates, or a longer text length)",
               file=sys.stderr, flush=True)
-    prompt_emb = runner.embed_texts(loaded, prompts, batch_size)
+    prompt_emb = model_view.embed_texts(loaded, prompts, batch_size)
     return zero_shot.build_classifier(prompt_emb.reshape(len(class_names), len(templates), -1))
 
 
-def multiclass_metrics(loaded: runner.LoadedModel, task: dict[str, Any], image_emb: np.ndarray,
+def multiclass_metrics(loaded: model_view.ModelView, task: dict[str, Any], image_emb: np.ndarray,
                        labels: np.ndarray, batch_size: int) -> dict[str, Any]:
     class_names, templates = list(task["class_names"]), list(task["templates"])
     classifier = class_embeddings(loaded, class_names, templates, batch_size)
@@ -241,7 +241,7 @@ def multiclass_metrics(loaded: runner.LoadedModel, task: dict[str, Any], image_e
     return task_metrics
 
 
-def multilabel_metrics(loaded: runner.LoadedModel, task: dict[str, Any], image_emb: np.ndarray,
+def multilabel_metrics(loaded: model_view.ModelView, task: dict[str, Any], image_emb: np.ndarray,
                        values: np.ndarray, batch_size: int, uncertain: str) -> dict[str, Any]:
     """`zero_shot.multilabel_auroc` of one checked multilabel task (see `multilabel_task`)."""
     positive = class_embeddings(loaded, task["class_names"], task["positive_templates"],
@@ -274,7 +274,7 @@ def needed_fields(spec: str, tasks: dict[str, Any], available: set[str]) -> list
     return sorted(wanted | ({"modality"} & available))
 
 
-def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str, batch_size: int,
+def evaluate_dataset(loaded: model_view.ModelView, data_dir: str, spec: str, batch_size: int,
                      uncertain: str = "exclude",
                      config: ml_collections.ConfigDict | None = None
                      ) -> dict[str, dict[str, Any]]:
@@ -292,7 +292,7 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str, batch
     annotations = sources.load_annotations(data_dir, entry.name, entry.split,
                                            fields=needed_fields(spec, tasks, available))
     num_records = len(next(iter(annotations.values())))
-    image_emb = runner.embed_split_images(loaded, data_dir, entry.name, entry.split,
+    image_emb = model_view.embed_split_images(loaded, data_dir, entry.name, entry.split,
                                           batch_size, image_field=image_field)
     if len(image_emb) != num_records:
         raise AssertionError(f"embedded {len(image_emb)} images but {spec} has {num_records}")
@@ -313,7 +313,7 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, spec: str, batch
     return results
 
 
-def evaluate(loaded: runner.LoadedModel, data_dir: str,
+def evaluate(loaded: model_view.ModelView, data_dir: str,
              config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
     """Every task of every dataset in ``config.zero_shot.datasets``: {"<spec>:<task>": metrics}."""
     config = common.settings(config)

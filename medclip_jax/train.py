@@ -26,6 +26,7 @@ from medclip_jax.evaluation import embed, fields, retrieval
 from medclip_jax.losses import clip as clip_losses
 from medclip_jax.metric_logging import MetricWriter, Progress, format_duration
 from medclip_jax.models import DualEncoder, build_model
+from medclip_jax.models import params as model_params
 from medclip_jax.models.dual_encoder import clamped_scale
 from medclip_jax.pretrained import init as init_lib
 from medclip_jax.settings import OptimSettings, TrainSettings
@@ -71,19 +72,6 @@ def model_config_with_vocab(model_config: ml_collections.ConfigDict,
     return model_config
 
 
-def abstract_params(model: DualEncoder, model_config: ml_collections.ConfigDict) -> Any:
-    """Param shapes and dtypes, without allocating anything."""
-    return jax.eval_shape(
-        lambda rng: models.init_params(model, rng, model_config.image.image_size,
-                                       model_config.text.max_len),
-        jax.random.key(0))
-
-
-def param_shardings(model: DualEncoder, config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
-    return sharding.tree_shardings(abstract_params(model, config.model),
-                                   config.sharding.rules, mesh)
-
-
 def init_params(model: DualEncoder, model_config: ml_collections.ConfigDict, rng: jax.Array,
                 shardings: Any) -> Any:
     """Initialises params directly into their shardings (never whole on one device)."""
@@ -91,11 +79,6 @@ def init_params(model: DualEncoder, model_config: ml_collections.ConfigDict, rng
                              image_size=model_config.image.image_size,
                              max_len=model_config.text.max_len)
     return jax.jit(init, out_shardings=shardings)(rng)
-
-
-def with_shardings(abstract: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings)
 
 
 def split_microbatches(batch: dict[str, jax.Array], count: int, mesh: Mesh | None = None
@@ -231,7 +214,7 @@ def init_state_and_step(config: ml_collections.ConfigDict, model: DualEncoder, m
                         ) -> tuple[TrainState, Callable]:
     """The sharded initial state and the train step jitted for it (in/out shardings, donation).
     `optim_settings`: parsed ``config.optim`` (parsed here when not given)."""
-    p_shardings = param_shardings(model, config, mesh)
+    p_shardings = model_params.param_shardings(model, config, mesh)
     params = init_lib.apply_init(init_params(model, config.model, rng, p_shardings), config)
     optim_settings = optim_settings or OptimSettings.from_config(config.optim)
     tx, schedule = optim.make_optimizer(optim_settings, params, total_steps)

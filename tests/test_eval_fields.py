@@ -18,7 +18,7 @@ from helpers import REPO_ROOT, run_in_process
 from medclip_jax import train
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import fields, runner, zero_shot
+from medclip_jax.evaluation import fields, model_view, zero_shot
 from test_data_prep_pathology import write_lc25000
 from test_zero_shot_multilabel import mimic_data_dir
 
@@ -62,8 +62,8 @@ def workdir(request, data_dir, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def loaded(workdir) -> runner.LoadedModel:
-    return runner.load_model(workdir)
+def loaded(workdir) -> model_view.ModelView:
+    return model_view.from_checkpoint(workdir)
 
 
 def eval_config(data_dir: str):
@@ -91,9 +91,9 @@ def test_zero_shot_scores_equal_a_direct_computation(loaded, data_dir):
     result = zero_shot_eval.evaluate(loaded, data_dir, config)[f"{LUNG}/test:lc25000_lung"]
     task = sources.dataset_metadata(data_dir, LUNG)["tasks"]["lc25000_lung"]
     labels = sources.load_annotations(data_dir, LUNG, "test", ["label"])["label"]
-    images = runner.embed_split_images(loaded, data_dir, LUNG, "test", 8)
+    images = model_view.embed_split_images(loaded, data_dir, LUNG, "test", 8)
     prompts = [t.format(c) for c in task["class_names"] for t in task["templates"]]
-    texts = runner.embed_texts(loaded, prompts, 8).reshape(len(task["class_names"]),
+    texts = model_view.embed_texts(loaded, prompts, 8).reshape(len(task["class_names"]),
                                                            len(task["templates"]), -1)
     texts = texts / np.linalg.norm(texts, axis=-1, keepdims=True)
     classes = texts.mean(1)
@@ -149,7 +149,7 @@ def test_templates_and_class_names_from_the_eval_config(loaded, data_dir, tmp_pa
     bare = zero_shot_eval.evaluate(loaded, data_dir, config)[key]
     names = ["adenocarcinoma", "benign tissue", "squamous cell carcinoma"]
     labels = sources.load_annotations(data_dir, LUNG, "test", ["label"])["label"]
-    images = runner.embed_split_images(loaded, data_dir, LUNG, "test", 8)
+    images = model_view.embed_split_images(loaded, data_dir, LUNG, "test", 8)
     meta_names = sources.dataset_metadata(data_dir, LUNG)["tasks"]["lc25000_lung"]["class_names"]
 
     def top1_for(class_names, templates):

@@ -14,7 +14,7 @@ from evals import run_suite
 from evals import zero_shot as zero_shot_eval
 from helpers import REPO_ROOT, run_in_process
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import runner
+from medclip_jax.evaluation import model_view
 from test_zero_shot_multilabel import mimic_data_dir, tiny_checkpoint
 
 FAKE_MODULE = "tests_fake_vqa_evaluation"
@@ -26,8 +26,8 @@ def workdir(tmp_path_factory, tiny_data_dir) -> str:
 
 
 @pytest.fixture(scope="module")
-def loaded(workdir) -> runner.LoadedModel:
-    return runner.load_model(workdir)
+def loaded(workdir) -> model_view.ModelView:
+    return model_view.from_checkpoint(workdir)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from evals import zero_shot as zero_shot_eval
 from medclip_jax import train
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import runner, zero_shot
+from medclip_jax.evaluation import model_view, zero_shot
 from test_data_prep_mimic_cxr import csv_bytes, dicom_id, write_table
 
 LABELS = mimic_cxr.CHEXPERT_LABELS
@@ -110,8 +110,8 @@ def mimic_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory, tiny_data_dir) -> runner.LoadedModel:
-    return runner.load_model(tiny_checkpoint(tmp_path_factory, tiny_data_dir))
+def loaded(tmp_path_factory, tiny_data_dir) -> model_view.ModelView:
+    return model_view.from_checkpoint(tiny_checkpoint(tmp_path_factory, tiny_data_dir))
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,12 +267,12 @@ def eval_config(data_dir: str, uncertain: str = "exclude") -> ml_collections.Con
 
 def reference_scores(loaded, data_dir, task):
     """Scores [N, L] from independently embedded images and prompts, and the label values."""
-    images = runner.embed_split_images(loaded, data_dir, "mimic_cxr", "test", 8)
+    images = model_view.embed_split_images(loaded, data_dir, "mimic_cxr", "test", 8)
     images = images / np.linalg.norm(images, axis=1, keepdims=True)
 
     def ensemble(templates):
         prompts = [t.format(n) for n in task["class_names"] for t in templates]
-        emb = runner.embed_texts(loaded, prompts, 8).reshape(len(task["class_names"]),
+        emb = model_view.embed_texts(loaded, prompts, 8).reshape(len(task["class_names"]),
                                                               len(templates), -1)
         emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
         mean = emb.mean(axis=1)
