@@ -45,11 +45,10 @@ import numpy as np
 from absl import flags
 
 from evals import common
-from evals import zero_shot as zero_shot_eval
 from medclip_jax.data import sources
 from medclip_jax import settings as settings_lib
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import fields, linear_probe, model_view, tables
+from medclip_jax.evaluation import fields, linear_probe, model_view, tables, zero_shot
 
 FLAGS = flags.FLAGS
 FEATURE_KINDS = settings_lib.PROBE_FEATURES
@@ -129,9 +128,9 @@ def multiclass_tasks(name: str, meta: dict[str, Any],
                      ) -> dict[str, dict[str, Any]]:
     """The dataset's multi-class tasks (multi-label ones have no single label to probe), with
     the eval config's label-field overrides, exactly as zero-shot scores them."""
-    tasks = zero_shot_eval.dataset_tasks(name, meta, config, f"{FIELD}.datasets")
+    tasks = zero_shot.dataset_tasks(name, meta, config, f"{FIELD}.datasets")
     chosen = {t: task for t, task in tasks.items()
-              if zero_shot_eval.task_type(name, t, task) == "multiclass"}
+              if zero_shot.task_type(name, t, task) == "multiclass"}
     if not chosen:
         raise UserError(f"{FIELD}.datasets: {name} has no multi-class task to probe")
     return chosen
@@ -142,7 +141,7 @@ def split_annotations(data_dir: str, name: str, split: str, tasks: dict[str, Any
     """The label fields the tasks use, and `modality` where the dataset has it."""
     available = set(sources.read_builder(sources.dataset_dir(data_dir, name))
                     .info.features.keys())
-    wanted = {zero_shot_eval.label_field(task) for task in tasks.values()}
+    wanted = {zero_shot.label_field(task) for task in tasks.values()}
     missing = sorted(wanted - available)
     if missing:
         raise UserError(f"{FIELD}.datasets: {name} has no label field(s) {', '.join(missing)} "
@@ -155,7 +154,7 @@ def task_rows(task_name: str, task: dict[str, Any], annotations: dict[str, np.nd
               ) -> np.ndarray:
     modalities = annotations.get("modality")
     num = len(next(iter(annotations.values())))
-    return zero_shot_eval.task_records(
+    return zero_shot.task_records(
         task_name, task, None if modalities is None else np.asarray(modalities).astype(str),
         num)
 
@@ -188,7 +187,7 @@ def evaluate_dataset(loaded: model_view.ModelView, data_dir: str, name: str,
         arrays = {}
         for role, (annotations, features) in data.items():
             rows = task_rows(task_name, task, annotations)
-            labels = np.asarray(annotations[zero_shot_eval.label_field(task)])[rows]
+            labels = np.asarray(annotations[zero_shot.label_field(task)])[rows]
             arrays[role] = (features[rows], labels)
         if carve:
             x, y = arrays["train"]

@@ -51,12 +51,14 @@ from absl import flags
 from evals import common
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import model_view, runner, tables
+from medclip_jax.evaluation import evaluators, model_view, runner, tables
 
 FLAGS = flags.FLAGS
 
-# Evaluation name -> the module whose `evaluate(loaded, data_dir, config)` runs it.
-EVALUATIONS = {"zero_shot": "evals.zero_shot", "retrieval": "evals.retrieval",
+# Evaluation name -> the module whose `evaluate(view, data_dir, config)` runs it: the library's
+# evaluators (`medclip_jax.evaluation.evaluators`), then those whose evaluate() still lives in
+# its binary.
+EVALUATIONS = {**{name: evaluate.__module__ for name, evaluate in evaluators.EVALUATORS.items()},
                "linear_probe": "evals.linear_probe", "vqa": "evals.vqa"}
 # Split fields an evaluation section names when its dataset specs carry no split.
 SPLIT_FIELDS = ("train_split", "test_split")

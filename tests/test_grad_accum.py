@@ -86,8 +86,9 @@ def test_accumulated_grads_equal_full_batch_grads_with_views_heads_and_state(met
     mesh = sharding.make_mesh({"data": 4, "fsdp": 2})
     batch = sharding.to_global_batch(synthetic_batch.random_batch(config, 16, seed=3), mesh)
     params = train.init_params(model, config.model, jax.random.key(0),
-                               sharding.tree_shardings(model_params.abstract_params(model, config.model),
-                                                       ((".*", "fsdp"),), mesh))
+                               sharding.tree_shardings(
+                                   model_params.abstract_params(model, config.model),
+                                   ((".*", "fsdp"),), mesh))
     state = methods.init_method_state(method, config.loss, config.model.embed_dim)
     if state:  # A partly filled queue, so the nearest-neighbour term takes part.
         rng = np.random.default_rng(1)

@@ -221,7 +221,7 @@ def test_scores_are_prompt_ensemble_cosine_differences():
 
 def test_mimic_task_metadata_and_prompts(mimic_dir):
     meta = sources.dataset_metadata(mimic_dir, "mimic_cxr")
-    task = zero_shot_eval.multilabel_task("mimic_cxr/test", "chexpert", meta["tasks"]["chexpert"])
+    task = zero_shot.multilabel_task("mimic_cxr/test", "chexpert", meta["tasks"]["chexpert"])
     assert "No Finding" not in task["labels"] and "Support Devices" in task["labels"]
     assert len(task["labels"]) == 13 and task["num_columns"] == 14
     assert [LABELS[c] for c in task["columns"]] == task["labels"]
@@ -240,15 +240,15 @@ def test_mimic_task_metadata_and_prompts(mimic_dir):
 
 def test_bad_task_metadata_is_a_user_error():
     with pytest.raises(UserError, match=r"tasks\['x'\].type"):
-        zero_shot_eval.task_type("d/test", "x", {"type": "ranking"})
+        zero_shot.task_type("d/test", "x", {"type": "ranking"})
     good = {"type": "multilabel", "label_field": "f", "labels": ["A"],
             "positive_templates": ["{}."], "negative_templates": ["no {}."]}
-    assert zero_shot_eval.multilabel_task("d/test", "x", good)["class_names"] == ["A"]
+    assert zero_shot.multilabel_task("d/test", "x", good)["class_names"] == ["A"]
     for broken, message in (({"labels": []}, "no 'labels'"),
                             ({"columns": ["B"]}, "not in its columns"),
                             ({"class_names": ["a", "b"]}, "2 names for 1 labels")):
         with pytest.raises(UserError, match=message):
-            zero_shot_eval.multilabel_task("d/test", "x", {**good, **broken})
+            zero_shot.multilabel_task("d/test", "x", {**good, **broken})
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,11 +288,11 @@ def reference_scores(loaded, data_dir, task):
 @pytest.mark.slow
 def test_zero_shot_on_tiny_mimic_build(mimic_dir, loaded):
     meta = sources.dataset_metadata(mimic_dir, "mimic_cxr")
-    task = zero_shot_eval.multilabel_task("mimic_cxr/test", "chexpert", meta["tasks"]["chexpert"])
+    task = zero_shot.multilabel_task("mimic_cxr/test", "chexpert", meta["tasks"]["chexpert"])
     scores, values = reference_scores(loaded, mimic_dir, task)
     for uncertain, skipped in (("exclude", ["Fracture", "Pleural Other", "Pneumonia"]),
                                ("negative", ["Fracture", "Pleural Other"])):
-        results = zero_shot_eval.evaluate(loaded, mimic_dir, eval_config(mimic_dir, uncertain))
+        results = zero_shot.evaluate(loaded, mimic_dir, eval_config(mimic_dir, uncertain))
         assert list(results) == ["mimic_cxr/test:chexpert"]
         result = results["mimic_cxr/test:chexpert"]
         expected, expected_skipped = sklearn_reference(scores, values, task["labels"], uncertain)
