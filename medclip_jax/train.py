@@ -263,6 +263,19 @@ def resolve_model(config: ml_collections.ConfigDict
     return config, tokenizer, build_model(config.model, config.method)
 
 
+def check_evaluator_datasets(settings: TrainSettings) -> None:
+    """Every dataset split a scheduled evaluator reads exists (a one-line error naming the
+    field now, not after the first stretch of training)."""
+    for name, _ in settings.eval.schedule():
+        field = f"config.eval.{name}.datasets"
+        for spec in getattr(settings.eval, name).datasets:
+            entry = sources.parse_mixture(spec, field=field)[0]
+            try:
+                sources.num_records(settings.data.data_dir, entry.name, entry.split)
+            except UserError as e:
+                raise UserError(f"{field}: {spec}: {e}") from None
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpointing.Checkpointer]:
     """Builds the run from the config; restores from the workdir's latest checkpoint if any."""
     run_settings = validate_config(config)
@@ -279,6 +292,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
     if run_settings.eval.every_steps > 0:  # Fail now, not after the first stretch of training.
         entry = sources.parse_mixture(run_settings.eval.split, field="config.eval.split")[0]
         sources.num_records(run_settings.data.data_dir, entry.name, entry.split)
+    check_evaluator_datasets(run_settings)
     total_steps = optim.total_train_steps(num_examples, run_settings.num_epochs, batch_size)
     if run_settings.max_steps > 0:
         total_steps = min(total_steps, run_settings.max_steps)

@@ -142,3 +142,15 @@ def test_in_training_evaluators_equal_the_offline_binaries_on_the_same_step(tiny
                                            equal_nan=True, err_msg=f"step {step} {key}")
     assert "synthetic_medical@tiny/test:chest_xray" in " ".join(logged(2, "zero_shot"))
     assert "retrieval/synthetic_medical@tiny/test/i2t_R@1" in logged(1, "retrieval")
+
+
+def test_a_missing_evaluator_dataset_fails_at_start_up(tiny_data_dir):
+    from conftest import tiny_config
+    from medclip_jax import train
+    from medclip_jax.errors import UserError
+    config = tiny_config(tiny_data_dir, **{"eval.evaluators": ("retrieval:2",),
+                                           "eval.retrieval.datasets": ("no_such_set/test",)})
+    with pytest.raises(UserError, match=r"^config\.eval\.retrieval\.datasets: no_such_set/test: "):
+        train.check_evaluator_datasets(train.validate_config(config))
+    train.check_evaluator_datasets(train.validate_config(tiny_config(
+        tiny_data_dir, **{"eval.evaluators": ("retrieval:2", "zero_shot")})))
