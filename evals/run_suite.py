@@ -59,7 +59,7 @@ FLAGS = flags.FLAGS
 # evaluators (`medclip_jax.evaluation.evaluators`), then those whose evaluate() still lives in
 # its binary.
 EVALUATIONS = {**{name: evaluate.__module__ for name, evaluate in evaluators.EVALUATORS.items()},
-               "linear_probe": "evals.linear_probe", "vqa": "evals.vqa"}
+               "vqa": "evals.vqa"}
 # Split fields an evaluation section names when its dataset specs carry no split.
 SPLIT_FIELDS = ("train_split", "test_split")
 # Headline metrics of the markdown summary, in column order (those present are shown).

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import tiny_config
 from data_prep_helpers import run_build
-from evals import linear_probe as linear_probe_eval
+from medclip_jax.evaluation import linear_probe as linear_probe_eval
 from evals import vqa as vqa_eval
 from evals import zero_shot as zero_shot_eval
 from helpers import REPO_ROOT, run_in_process

@@ -27,14 +27,17 @@ def test_evaluation_imports_neither_train_nor_data_prep():
 
 def test_registry_names_the_evaluators_training_can_schedule():
     from medclip_jax import settings
-    from medclip_jax.evaluation import evaluators, retrieval, zero_shot
+    from medclip_jax.evaluation import evaluators, linear_probe, retrieval, zero_shot
     from evals import run_suite
-    assert tuple(evaluators.EVALUATORS) == settings.TRAINING_EVALUATORS
-    assert evaluators.get("zero_shot") is zero_shot.evaluate
-    assert evaluators.get("retrieval") is retrieval.evaluate
-    # The suite runs the same functions (it imports them by module name).
-    assert run_suite.import_evaluation("zero_shot")[0] is zero_shot.evaluate
-    assert run_suite.import_evaluation("retrieval")[0] is retrieval.evaluate
+    assert settings.TRAINING_EVALUATORS == ("zero_shot", "retrieval")
+    assert set(settings.TRAINING_EVALUATORS) <= set(evaluators.EVALUATORS)
+    library = {"zero_shot": zero_shot.evaluate, "retrieval": retrieval.evaluate,
+               "linear_probe": linear_probe.evaluate}
+    for name, evaluate in library.items():
+        assert evaluators.get(name) is evaluate
+        # The suite runs the same functions (it imports them by module name).
+        assert run_suite.import_evaluation(name)[0] is evaluate
+    assert tuple(run_suite.EVALUATIONS) == settings.EVALUATIONS
 
 
 def test_evaluator_schedule_parses_names_and_intervals():

@@ -206,7 +206,7 @@ def feature_cache(tmp_path_factory) -> str:
 @pytest.mark.slow
 def test_features_are_cached_and_a_second_run_does_not_embed(tiny_data_dir, tiny_workdir,
                                                              feature_cache, monkeypatch):
-    from evals import linear_probe as lp_eval
+    from medclip_jax.evaluation import linear_probe as lp_eval
     from medclip_jax.evaluation import model_view
     loaded = model_view.from_checkpoint(tiny_workdir)
     config = eval_config.get_config("tiny")
@@ -250,7 +250,7 @@ def test_features_are_cached_and_a_second_run_does_not_embed(tiny_data_dir, tiny
 
 def test_validation_is_carved_when_the_dataset_has_no_such_split(tiny_data_dir, tiny_workdir,
                                                                 feature_cache):
-    from evals import linear_probe as lp_eval
+    from medclip_jax.evaluation import linear_probe as lp_eval
     from medclip_jax.evaluation import model_view
     loaded = model_view.from_checkpoint(tiny_workdir)
     config = eval_config.get_config("tiny")
