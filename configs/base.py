@@ -30,7 +30,9 @@ with one line naming ``config.<field>``):
   mesh              device mesh axis sizes (-1 = all remaining devices).
   sharding.rules    ``(regex, spec)`` partition rules for params and optimizer state.
   checkpoint        save interval and retention.
-  eval              in-loop validation: split, interval, size, recall K.
+  eval              in-loop validation: split, interval, size, recall K; ``evaluators``
+                    schedules zero_shot / retrieval every N steps (``"zero_shot:100"``), set
+                    by ``eval.zero_shot`` / ``eval.retrieval`` as in configs/eval.py.
   init              published weights to start from: ``text="hf_bert:/dir"`` or ``"hf_clip:/dir"``,
                     ``image="hf_clip:/dir"``; "" = random (``medclip_jax/pretrained/init.py``).
                     ``init.logit_scale``: take the logit scale from the CLIP folder when both
@@ -164,6 +166,8 @@ def apply_preset(config: ml_collections.ConfigDict, arg: str,
     if preset == "demo":
         config.data.train_mixture = "synthetic_medical/train"
         config.eval.split = "synthetic_medical/validation"
+        config.eval.zero_shot.datasets = ("synthetic_medical/test",)
+        config.eval.retrieval.datasets = ("synthetic_medical/test",)
         config.batch_size = 128
         config.num_epochs = 10.0
         config.optim.learning_rate = 1e-3
@@ -175,6 +179,9 @@ def apply_preset(config: ml_collections.ConfigDict, arg: str,
         config.data.tokenizer = "bytes"
         config.data.train_mixture = "synthetic_medical@tiny/train"
         config.eval.split = "synthetic_medical@tiny/validation"
+        config.eval.zero_shot.datasets = ("synthetic_medical@tiny/test",)
+        config.eval.retrieval.datasets = ("synthetic_medical@tiny/test",)
+        config.eval.retrieval.block_size = 8
         config.batch_size = 16
         config.num_epochs = 1.0
         config.log_every_steps = 1

@@ -7,7 +7,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from medclip_jax import cli
-from medclip_jax.evaluation import runner
+from medclip_jax.evaluation import model_view, runner
 from medclip_jax.settings import EvalSettings
 
 #: The evaluation config when ``--config`` is not given.
@@ -27,11 +27,11 @@ def settings(config: Any) -> EvalSettings:
     return EvalSettings.from_config(config)
 
 
-def load() -> tuple[runner.LoadedModel, str, str]:
+def load() -> tuple[model_view.ModelView, str, str]:
     """The restored model, the data_dir to read and the output dir to write; the eval config
     is checked first, so a mistake in it fails before the checkpoint is read."""
     config = settings(FLAGS.config)
-    loaded = runner.load_model(FLAGS.workdir, FLAGS.step, dict(config.mesh or {}) or None)
+    loaded = model_view.from_checkpoint(FLAGS.workdir, FLAGS.step, dict(config.mesh or {}) or None)
     data_dir = config.data_dir or loaded.train_config.data.data_dir
     output_dir = config.output_dir or os.path.join(FLAGS.workdir, "eval")
     return loaded, data_dir, output_dir

@@ -51,13 +51,15 @@ from absl import flags
 from evals import common
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import runner, tables
+from medclip_jax.evaluation import evaluators, model_view, runner, tables
 
 FLAGS = flags.FLAGS
 
-# Evaluation name -> the module whose `evaluate(loaded, data_dir, config)` runs it.
-EVALUATIONS = {"zero_shot": "evals.zero_shot", "retrieval": "evals.retrieval",
-               "linear_probe": "evals.linear_probe", "vqa": "evals.vqa"}
+# Evaluation name -> the module whose `evaluate(view, data_dir, config)` runs it: the library's
+# evaluators (`medclip_jax.evaluation.evaluators`), then those whose evaluate() still lives in
+# its binary.
+EVALUATIONS = {**{name: evaluate.__module__ for name, evaluate in evaluators.EVALUATORS.items()},
+               "vqa": "evals.vqa"}
 # Split fields an evaluation section names when its dataset specs carry no split.
 SPLIT_FIELDS = ("train_split", "test_split")
 # Headline metrics of the markdown summary, in column order (those present are shown).
@@ -66,7 +68,7 @@ HEADLINE = ("num_samples", "top1", "balanced_accuracy", "macro_f1", "macro_auroc
             "accuracy", "closed_accuracy", "open_accuracy", "majority_closed_accuracy",
             "num_unseen_answers")
 
-Evaluate = Callable[[runner.LoadedModel, str, ml_collections.ConfigDict], dict[str, Any]]
+Evaluate = Callable[[model_view.ModelView, str, ml_collections.ConfigDict], dict[str, Any]]
 
 
 def check_evaluations(config: ml_collections.ConfigDict) -> list[str]:
@@ -161,7 +163,7 @@ def jsonable(tree: Any) -> Any:
     return str(tree)
 
 
-def run_suite(loaded: runner.LoadedModel, data_dir: str, config: ml_collections.ConfigDict,
+def run_suite(loaded: model_view.ModelView, data_dir: str, config: ml_collections.ConfigDict,
               output_dir: str, workdir: str) -> tuple[dict[str, Any], str]:
     """Runs the suite (see the module docstring); returns the results dict and the JSON path."""
     names = check_evaluations(config)

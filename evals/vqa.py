@@ -39,7 +39,7 @@ from absl import flags
 from evals import common
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import runner, tables, vqa
+from medclip_jax.evaluation import model_view, tables, vqa
 
 FLAGS = flags.FLAGS
 RECORD_FIELDS = ("question", "answer_type", "image_id")
@@ -68,7 +68,7 @@ def load_questions(data_dir: str, name: str, split: str) -> vqa.Questions:
                     f"question / answer / answer_type / image_id per record)")
 
 
-def split_tables(loaded: runner.LoadedModel, data_dir: str, name: str, split: str,
+def split_tables(loaded: model_view.ModelView, data_dir: str, name: str, split: str,
                  questions: vqa.Questions, settings: vqa.HeadSettings,
                  batch_size: int) -> dict[str, np.ndarray]:
     """The head's feature tables for one split: each distinct question and image once."""
@@ -84,7 +84,7 @@ def split_tables(loaded: runner.LoadedModel, data_dir: str, name: str, split: st
     return tables
 
 
-def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, name: str,
+def evaluate_dataset(loaded: model_view.ModelView, data_dir: str, name: str,
                      config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
     settings = vqa.settings_from_config(config.vqa)
     train_split, test_split = str(config.vqa.train_split), str(config.vqa.test_split)
@@ -129,7 +129,7 @@ def evaluate_dataset(loaded: runner.LoadedModel, data_dir: str, name: str,
     return f"{name}/{test_split}:vqa", results
 
 
-def evaluate(loaded: runner.LoadedModel, data_dir: str, config: ml_collections.ConfigDict
+def evaluate(loaded: model_view.ModelView, data_dir: str, config: ml_collections.ConfigDict
              ) -> dict[str, dict[str, Any]]:
     """{"<name>/<test_split>:vqa": metrics} for every dataset of config.vqa.datasets."""
     config = common.settings(config)  # fails on a bad field before any embedding

@@ -341,54 +341,6 @@ class CheckpointSettings(Section):
             self.fail("max_to_keep", "a positive integer")
 
 
-@dataclasses.dataclass(frozen=True)
-class ValidationSettings(Section):
-    """``config.eval``: in-loop validation (val loss + retrieval recall)."""
-    PATH: ClassVar[str] = "config.eval"
-    split: str = "synthetic_medical/validation"
-    every_steps: int = 200
-    max_examples: int = 512
-    ks: tuple[int, ...] = (1, 5, 10)
-
-    def check(self) -> None:
-        if self.max_examples < 1:
-            self.fail("max_examples", "a positive integer")
-        if not self.ks or min(self.ks) < 1:
-            self.fail("ks", "a non-empty tuple of positive integers")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings(Section):
-    """The whole training config: run-level fields and the sections parsed here.
-
-    ``model``, ``loss``, ``init`` and ``sharding`` pass through as given (the model presets, the
-    method's loss and the weight import check their own)."""
-    PATH: ClassVar[str] = "config"
-    method: str = "clip"
-    seed: int = 0
-    batch_size: int = 128
-    grad_accum_steps: int = 1
-    num_epochs: float = 10.0
-    max_steps: int = -1
-    log_every_steps: int = 20
-    loss: Any = None
-    model: Any = None
-    data: DataSettings = section_field(DataSettings)
-    optim: OptimSettings = section_field(OptimSettings)
-    mesh: MeshSettings = section_field(MeshSettings)
-    sharding: Any = None
-    checkpoint: CheckpointSettings = section_field(CheckpointSettings)
-    eval: ValidationSettings = section_field(ValidationSettings)
-    init: Any = None
-
-    def check(self) -> None:
-        for name in ("batch_size", "grad_accum_steps", "log_every_steps"):
-            if getattr(self, name) < 1:
-                self.fail(name, "a positive integer")
-        if not self.num_epochs > 0:
-            self.fail("num_epochs", "> 0")
-
-
 # --------------------------------------------------------------------------------------------
 # Evaluation config (configs/eval.py)
 # --------------------------------------------------------------------------------------------
@@ -524,6 +476,95 @@ class VqaSettings(Section):
         return self.fusion == "cross_attention" and self.question_features == "tokens"
 
 
+# --------------------------------------------------------------------------------------------
+# Training config, continued: ``config.eval`` reuses the evaluation sections above
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainZeroShotSettings(ZeroShotSettings):
+    """``config.eval.zero_shot``: `ZeroShotSettings` for the zero-shot evaluator in training."""
+    PATH: ClassVar[str] = "config.eval.zero_shot"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRetrievalSettings(RetrievalSettings):
+    """``config.eval.retrieval``: `RetrievalSettings` for the retrieval evaluator in training."""
+    PATH: ClassVar[str] = "config.eval.retrieval"
+
+
+#: The evaluators training can schedule (`medclip_jax.evaluation.evaluators.EVALUATORS`):
+#: each has its section in ``config.eval``.
+TRAINING_EVALUATORS = ("zero_shot", "retrieval")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSettings(Section):
+    """``config.eval``: in-loop validation (val loss + retrieval recall) and the evaluators
+    scheduled in the training loop.
+
+    ``evaluators``: ``"<name>[:<every_steps>]"`` entries, e.g. ``("zero_shot:100",
+    "retrieval")``; without ``:<every_steps>`` an evaluator runs every ``eval.every_steps``
+    (and always after the last step). Their settings are the sections of the same name
+    (``eval.zero_shot``, ``eval.retrieval``: the eval config's fields), with ``eval.fields``
+    and ``eval.batch_size`` (0 = the training batch size) as in `EvalSettings`."""
+    PATH: ClassVar[str] = "config.eval"
+    split: str = "synthetic_medical/validation"
+    every_steps: int = 200
+    max_examples: int = 512
+    ks: tuple[int, ...] = (1, 5, 10)
+    evaluators: tuple[str, ...] = ()
+    batch_size: int = 0
+    fields: tuple[str, ...] = ()
+    zero_shot: TrainZeroShotSettings = section_field(TrainZeroShotSettings)
+    retrieval: TrainRetrievalSettings = section_field(TrainRetrievalSettings)
+
+    def check(self) -> None:
+        if self.max_examples < 1:
+            self.fail("max_examples", "a positive integer")
+        if not self.ks or min(self.ks) < 1:
+            self.fail("ks", "a non-empty tuple of positive integers")
+        if self.batch_size < 0:
+            self.fail("batch_size", "an integer >= 0 (0 = the training batch size)")
+        self.schedule()
+
+    def schedule(self) -> tuple[tuple[str, int], ...]:
+        """``evaluators`` parsed: (name, every_steps) pairs, checked."""
+        out = []
+        for entry in self.evaluators:
+            name, sep, every = entry.partition(":")
+            if name not in TRAINING_EVALUATORS:
+                match = closest_name(name, TRAINING_EVALUATORS)
+                raise UserError(f"config.eval.evaluators: no evaluator {name!r} in {entry!r}; "
+                                f"choose from {', '.join(TRAINING_EVALUATORS)}"
+                                + (f" (did you mean {match}?)" if match else ""))
+            if not sep:
+                steps = self.every_steps
+            elif every.isdigit() and int(every) > 0:
+                steps = int(every)
+            else:
+                raise UserError(f"config.eval.evaluators: {entry!r} must be '<name>' or "
+                                f"'<name>:<every_steps>' with every_steps a positive integer")
+            if steps < 1:
+                raise UserError(f"config.eval.evaluators: {entry!r} runs every "
+                                f"config.eval.every_steps={self.every_steps} steps, which is "
+                                f"off; give '{name}:<every_steps>'")
+            if not getattr(self, name).datasets:
+                raise UserError(f"config.eval.evaluators schedules {name}, but "
+                                f"config.eval.{name}.datasets is empty")
+            out.append((name, steps))
+        names = [name for name, _ in out]
+        if len(set(names)) != len(names):
+            self.fail("evaluators", "a tuple naming each evaluator at most once")
+        return tuple(out)
+
+    def eval_settings(self, train_batch_size: int) -> "EvalSettings":
+        """The `EvalSettings` the scheduled evaluators read (what the binaries parse from the
+        eval config)."""
+        return EvalSettings(batch_size=self.batch_size or train_batch_size, fields=self.fields,
+                            zero_shot=self.zero_shot, retrieval=self.retrieval)
+
+
 @dataclasses.dataclass(frozen=True)
 class SuiteSettings(Section):
     """``config.suite`` (`evals/run_suite.py`)."""
@@ -562,10 +603,43 @@ class EvalSettings(Section):
             MeshSettings.from_config(self.mesh)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainSettings(Section):
+    """The whole training config: run-level fields and the sections parsed here.
+
+    ``model``, ``loss``, ``init`` and ``sharding`` pass through as given (the model presets, the
+    method's loss and the weight import check their own)."""
+    PATH: ClassVar[str] = "config"
+    method: str = "clip"
+    seed: int = 0
+    batch_size: int = 128
+    grad_accum_steps: int = 1
+    num_epochs: float = 10.0
+    max_steps: int = -1
+    log_every_steps: int = 20
+    loss: Any = None
+    model: Any = None
+    data: DataSettings = section_field(DataSettings)
+    optim: OptimSettings = section_field(OptimSettings)
+    mesh: MeshSettings = section_field(MeshSettings)
+    sharding: Any = None
+    checkpoint: CheckpointSettings = section_field(CheckpointSettings)
+    eval: ValidationSettings = section_field(ValidationSettings)
+    init: Any = None
+
+    def check(self) -> None:
+        for name in ("batch_size", "grad_accum_steps", "log_every_steps"):
+            if getattr(self, name) < 1:
+                self.fail(name, "a positive integer")
+        if not self.num_epochs > 0:
+            self.fail("num_epochs", "> 0")
+
+
 #: Every section class, for the docs tests and the tools that list fields.
 SECTIONS: tuple[type[Section], ...] = (
     TrainSettings, DataSettings, AugmentSettings, ViewAugmentSettings, MlmSettings,
-    OptimSettings, MeshSettings, CheckpointSettings, ValidationSettings, EvalSettings,
+    OptimSettings, MeshSettings, CheckpointSettings, ValidationSettings,
+    TrainZeroShotSettings, TrainRetrievalSettings, EvalSettings,
     ZeroShotSettings, RetrievalSettings, LinearProbeSettings, VqaSettings, SuiteSettings)
 
 

@@ -156,3 +156,9 @@ def to_host(x: Any) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         x = multihost_utils.process_allgather(x, tiled=True)
     return np.asarray(x)
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+    """`jax.ShapeDtypeStruct`s of `abstract` carrying the matching leaf of `shardings`."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)

@@ -22,10 +22,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from medclip_jax import checkpointing, methods, models, optim, preemption, sharding
 from medclip_jax.data import pipeline, sources, tokenizers
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import embed, fields, retrieval
+from medclip_jax.evaluation import embed, evaluators, fields, model_view, retrieval
 from medclip_jax.losses import clip as clip_losses
 from medclip_jax.metric_logging import MetricWriter, Progress, format_duration
 from medclip_jax.models import DualEncoder, build_model
+from medclip_jax.models import params as model_params
 from medclip_jax.models.dual_encoder import clamped_scale
 from medclip_jax.pretrained import init as init_lib
 from medclip_jax.settings import OptimSettings, TrainSettings
@@ -71,19 +72,6 @@ def model_config_with_vocab(model_config: ml_collections.ConfigDict,
     return model_config
 
 
-def abstract_params(model: DualEncoder, model_config: ml_collections.ConfigDict) -> Any:
-    """Param shapes and dtypes, without allocating anything."""
-    return jax.eval_shape(
-        lambda rng: models.init_params(model, rng, model_config.image.image_size,
-                                       model_config.text.max_len),
-        jax.random.key(0))
-
-
-def param_shardings(model: DualEncoder, config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
-    return sharding.tree_shardings(abstract_params(model, config.model),
-                                   config.sharding.rules, mesh)
-
-
 def init_params(model: DualEncoder, model_config: ml_collections.ConfigDict, rng: jax.Array,
                 shardings: Any) -> Any:
     """Initialises params directly into their shardings (never whole on one device)."""
@@ -91,11 +79,6 @@ def init_params(model: DualEncoder, model_config: ml_collections.ConfigDict, rng
                              image_size=model_config.image.image_size,
                              max_len=model_config.text.max_len)
     return jax.jit(init, out_shardings=shardings)(rng)
-
-
-def with_shardings(abstract: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings)
 
 
 def split_microbatches(batch: dict[str, jax.Array], count: int, mesh: Mesh | None = None
@@ -231,7 +214,7 @@ def init_state_and_step(config: ml_collections.ConfigDict, model: DualEncoder, m
                         ) -> tuple[TrainState, Callable]:
     """The sharded initial state and the train step jitted for it (in/out shardings, donation).
     `optim_settings`: parsed ``config.optim`` (parsed here when not given)."""
-    p_shardings = param_shardings(model, config, mesh)
+    p_shardings = model_params.param_shardings(model, config, mesh)
     params = init_lib.apply_init(init_params(model, config.model, rng, p_shardings), config)
     optim_settings = optim_settings or OptimSettings.from_config(config.optim)
     tx, schedule = optim.make_optimizer(optim_settings, params, total_steps)
@@ -280,6 +263,19 @@ def resolve_model(config: ml_collections.ConfigDict
     return config, tokenizer, build_model(config.model, config.method)
 
 
+def check_evaluator_datasets(settings: TrainSettings) -> None:
+    """Every dataset split a scheduled evaluator reads exists (a one-line error naming the
+    field now, not after the first stretch of training)."""
+    for name, _ in settings.eval.schedule():
+        field = f"config.eval.{name}.datasets"
+        for spec in getattr(settings.eval, name).datasets:
+            entry = sources.parse_mixture(spec, field=field)[0]
+            try:
+                sources.num_records(settings.data.data_dir, entry.name, entry.split)
+            except UserError as e:
+                raise UserError(f"{field}: {spec}: {e}") from None
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpointing.Checkpointer]:
     """Builds the run from the config; restores from the workdir's latest checkpoint if any."""
     run_settings = validate_config(config)
@@ -296,6 +292,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
     if run_settings.eval.every_steps > 0:  # Fail now, not after the first stretch of training.
         entry = sources.parse_mixture(run_settings.eval.split, field="config.eval.split")[0]
         sources.num_records(run_settings.data.data_dir, entry.name, entry.split)
+    check_evaluator_datasets(run_settings)
     total_steps = optim.total_train_steps(num_examples, run_settings.num_epochs, batch_size)
     if run_settings.max_steps > 0:
         total_steps = min(total_steps, run_settings.max_steps)
@@ -331,7 +328,7 @@ def step_rng(seed: int, step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), step + 1)
 
 
-def validate(run: Run, params: Any) -> dict[str, float]:
+def validate(run: Run, state: TrainState) -> dict[str, float]:
     """Val loss and retrieval recall on the first val examples.
 
     The val loss is the CLIP InfoNCE in train-batch-sized chunks for every method, so runs of
@@ -339,6 +336,8 @@ def validate(run: Run, params: Any) -> dict[str, float]:
     field (`fields.caption_field`; the first caption of a list), not config.data.caption_field.
     """
     config, settings = run.config, run.settings
+    view = model_view.from_train_state(run, state)
+    params = view.params
     entry = sources.parse_mixture(settings.eval.split, field="config.eval.split")[0]
     available = sources.read_builder(
         sources.dataset_dir(settings.data.data_dir, entry.name)).info.features.keys()
@@ -358,21 +357,53 @@ def validate(run: Run, params: Any) -> dict[str, float]:
         clip_losses.clip_loss(image_emb[i:i + settings.batch_size],
                               text_emb[i:i + settings.batch_size], scale)[0]
         for i in range(0, len(image_emb), settings.batch_size)]
-    # Identical captions are one text whose positives are all their images (as in evals/);
-    # the eval iterator embeds each record's first caption, so that is the one used here.
+    # The retrieval evaluator's computation, over each embedded record's first caption (the one
+    # its val loss pairs with the image); identical captions are one text.
     annotations = sources.load_annotations(settings.data.data_dir, entry.name, entry.split,
                                            fields=(caption_field,))
     captions = [c if isinstance(c, str) else (c[0] if len(c) else "")
                 for c in np.asarray(annotations[caption_field])[out["index"]]]
-    texts, image_positives, text_positives = retrieval.build_positives([[c] for c in captions])
-    first_record = {}
-    for row, caption in enumerate(captions):
-        first_record.setdefault(caption.strip(), row)
-    unique_text_emb = text_emb[[first_record[t] for t in texts]]
-    metrics = retrieval.retrieval_metrics(image_emb, unique_text_emb, image_positives,
-                                          text_positives, ks=settings.eval.ks)
+    metrics = retrieval.caption_retrieval_metrics(
+        image_emb, [[c] for c in captions],
+        lambda texts: model_view.embed_texts(view, texts, settings.batch_size), settings.eval.ks)
     keep = {k: v for k, v in metrics.items() if "R@" in k}
     return {"loss": float(np.mean(chunk_losses)), **keep}
+
+
+def evaluator_scalars(name: str, results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``<evaluator>/<result key>/<metric>`` for every numeric metric of an evaluator's results."""
+    return {f"{name}/{key}/{metric}": float(value)
+            for key, result in results.items() for metric, value in result.items()
+            if isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_))}
+
+
+#: The metrics of an evaluator's stdout line, where a result has them.
+HEADLINE_METRICS = ("top1", "mean_auroc", "i2t_R@1", "t2i_R@1", "i2t_R@10", "t2i_R@10")
+
+
+def due_evaluators(settings: TrainSettings, done: int, last: bool) -> list[str]:
+    """The scheduled evaluators (``config.eval.evaluators``) that run after step `done`."""
+    return [name for name, every in settings.eval.schedule() if done % every == 0 or last]
+
+
+def run_evaluators(run: Run, state: TrainState, writer: MetricWriter, done: int,
+                   last: bool) -> None:
+    """Runs the evaluators due at this step on the train state; writes their metrics
+    (``<evaluator>/...``) and one stdout line each."""
+    names = due_evaluators(run.settings, done, last)
+    if not names:
+        return
+    view = model_view.from_train_state(run, state)
+    eval_settings = run.settings.eval.eval_settings(run.settings.batch_size)
+    for name in names:
+        start = time.perf_counter()
+        results = evaluators.get(name)(view, run.settings.data.data_dir, eval_settings)
+        writer.write(done, evaluator_scalars(name, results))
+        headline = " ".join(f"{key} {metric} {result[metric]:.4f}"
+                            for key, result in results.items() for metric in HEADLINE_METRICS
+                            if metric in result)
+        print(f"step {done} {name}: {headline} ({time.perf_counter() - start:.1f}s)", flush=True)
 
 
 def log_train_metrics(writer: MetricWriter, progress: Progress, pending: list[dict], done: int,
@@ -425,9 +456,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 log_train_metrics(writer, progress, pending, done, run.total_steps, checkpointer)
                 pending = []
             if settings.eval.every_steps > 0 and (done % settings.eval.every_steps == 0 or last):
-                val = writer.write(done, validate(run, state.params), prefix="val/")
+                val = writer.write(done, validate(run, state), prefix="val/")
                 print(f"step {done} validation: " +
                       " ".join(f"{k[4:]} {v:.4f}" for k, v in val.items()), flush=True)
+            run_evaluators(run, state, writer, done, last)
             stop = done % settings.log_every_steps == 0 and watcher.should_stop()
             if stop or done % settings.checkpoint.every_steps == 0 or last:
                 checkpointer.save(done, state.params, rest_of_state(state), config.to_dict(),

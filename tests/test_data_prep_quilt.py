@@ -126,7 +126,7 @@ def test_records_fields_and_round_trip(quilt_built):
     assert column(data_dir, "quilt_1m", "test", "id") == [f"val{i}.jpg" for i in range(4)]
     assert [len(c) for c in column(data_dir, "quilt_1m", "test", "captions")] == [1, 2, 1, 1]
     # The retrieval evaluation scores both captions of the second image as its positives.
-    from evals.retrieval import captions_per_image
+    from medclip_jax.evaluation.retrieval import captions_per_image
     from medclip_jax.evaluation import retrieval
     annotations = sources.load_annotations(data_dir, "quilt_1m", "test")
     texts, image_positives, _ = retrieval.build_positives(captions_per_image(annotations))

@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import tiny_config
 from helpers import numeric_grad
+from medclip_jax.models import params as model_params
 from medclip_jax import methods, sharding, train
 from medclip_jax.data import image_ops, pipeline, text_ops, tokenizers
 from medclip_jax.errors import UserError
@@ -381,7 +382,7 @@ def test_grad_accumulation_sees_duplicates_across_micro_batches():
     batch = sharding.to_global_batch(train.model_inputs(local, "clip"), mesh)
     assert "caption_hash" in batch
     params = train.init_params(model, config, jax.random.key(0),
-                               sharding.tree_shardings(train.abstract_params(model, config),
+                               sharding.tree_shardings(model_params.abstract_params(model, config),
                                                        ((".*", "fsdp"),), mesh))
     results = {}
     for accum in (1, 4):

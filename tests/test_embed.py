@@ -4,6 +4,7 @@ import jax
 import numpy as np
 
 from conftest import tiny_config
+from medclip_jax.models import params as model_params
 from medclip_jax import sharding, train
 from medclip_jax.data import pipeline, tokenizers
 from medclip_jax.evaluation import embed
@@ -17,7 +18,7 @@ def test_every_record_once_and_equal_to_unbatched_embeddings(tiny_data_dir):
     model = build_model(config.model)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
     params = train.init_params(model, config.model, jax.random.key(1),
-                               train.param_shardings(model, config, mesh))
+                               model_params.param_shardings(model, config, mesh))
     # 48 test records in global batches of 40: the second batch is 32 rows of padding.
     batches = list(pipeline.make_eval_iterator(
         tiny_data_dir, "synthetic_medical@tiny", "test", image_size=32, max_len=16,

@@ -10,15 +10,14 @@ import pytest
 
 from conftest import tiny_config
 from data_prep_helpers import run_build
-from evals import linear_probe as linear_probe_eval
-from evals import retrieval as retrieval_eval
+from medclip_jax.evaluation import linear_probe as linear_probe_eval
 from evals import vqa as vqa_eval
 from evals import zero_shot as zero_shot_eval
 from helpers import REPO_ROOT, run_in_process
 from medclip_jax import train
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import fields, runner, zero_shot
+from medclip_jax.evaluation import fields, model_view, retrieval, zero_shot
 from test_data_prep_pathology import write_lc25000
 from test_zero_shot_multilabel import mimic_data_dir
 
@@ -62,8 +61,8 @@ def workdir(request, data_dir, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def loaded(workdir) -> runner.LoadedModel:
-    return runner.load_model(workdir)
+def loaded(workdir) -> model_view.ModelView:
+    return model_view.from_checkpoint(workdir)
 
 
 def eval_config(data_dir: str):
@@ -76,7 +75,7 @@ def eval_config(data_dir: str):
 def test_zero_shot_on_a_classification_build_and_the_synthetic_set(loaded, data_dir):
     config = eval_config(data_dir)
     config.zero_shot.datasets = (f"{LUNG}/test", "synthetic_medical@tiny/test", "mimic_cxr/test")
-    results = zero_shot_eval.evaluate(loaded, data_dir, config)
+    results = zero_shot.evaluate(loaded, data_dir, config)
     lung = results[f"{LUNG}/test:lc25000_lung"]
     assert lung["num_samples"] == sources.num_records(data_dir, LUNG, "test")
     assert lung["num_classes"] == 3 and 0.0 <= lung["top1"] <= 1.0
@@ -88,12 +87,12 @@ def test_zero_shot_scores_equal_a_direct_computation(loaded, data_dir):
     """The LC25000 task's top-1 from the binary's path equals prompts + cosines done here."""
     config = eval_config(data_dir)
     config.zero_shot.datasets = (f"{LUNG}/test",)
-    result = zero_shot_eval.evaluate(loaded, data_dir, config)[f"{LUNG}/test:lc25000_lung"]
+    result = zero_shot.evaluate(loaded, data_dir, config)[f"{LUNG}/test:lc25000_lung"]
     task = sources.dataset_metadata(data_dir, LUNG)["tasks"]["lc25000_lung"]
     labels = sources.load_annotations(data_dir, LUNG, "test", ["label"])["label"]
-    images = runner.embed_split_images(loaded, data_dir, LUNG, "test", 8)
+    images = model_view.embed_split_images(loaded, data_dir, LUNG, "test", 8)
     prompts = [t.format(c) for c in task["class_names"] for t in task["templates"]]
-    texts = runner.embed_texts(loaded, prompts, 8).reshape(len(task["class_names"]),
+    texts = model_view.embed_texts(loaded, prompts, 8).reshape(len(task["class_names"]),
                                                            len(task["templates"]), -1)
     texts = texts / np.linalg.norm(texts, axis=-1, keepdims=True)
     classes = texts.mean(1)
@@ -106,7 +105,7 @@ def test_zero_shot_scores_equal_a_direct_computation(loaded, data_dir):
 def test_retrieval_reads_captions_when_present_else_caption(loaded, data_dir):
     config = eval_config(data_dir)
     config.retrieval.datasets = ("synthetic_medical@tiny/test", "mimic_cxr/test")
-    results = retrieval_eval.evaluate(loaded, data_dir, config)
+    results = retrieval.evaluate(loaded, data_dir, config)
     mimic = sources.load_annotations(data_dir, "mimic_cxr", "test", ["captions"])["captions"]
     distinct = {c.strip() for caps in mimic for c in caps if c.strip()}
     assert results["mimic_cxr/test"]["num_texts"] == len(distinct)
@@ -116,7 +115,7 @@ def test_retrieval_reads_captions_when_present_else_caption(loaded, data_dir):
         {c.strip() for c in synthetic})
     # An override retrieves over the first caption only.
     config.fields = ("mimic_cxr:caption=caption",)
-    first_only = retrieval_eval.evaluate(loaded, data_dir, config)["mimic_cxr/test"]
+    first_only = retrieval.evaluate(loaded, data_dir, config)["mimic_cxr/test"]
     firsts = sources.load_annotations(data_dir, "mimic_cxr", "test", ["caption"])["caption"]
     assert first_only["num_texts"] == len({c.strip() for c in firsts if c.strip()})
 
@@ -145,16 +144,16 @@ def test_templates_and_class_names_from_the_eval_config(loaded, data_dir, tmp_pa
     config = eval_config(data_dir)
     config.zero_shot.datasets = (f"{LUNG}/test",)
     key = f"{LUNG}/test:lc25000_lung"
-    base = zero_shot_eval.evaluate(loaded, data_dir, config)[key]
+    base = zero_shot.evaluate(loaded, data_dir, config)[key]
     config.zero_shot.templates = ("{}",)
-    bare = zero_shot_eval.evaluate(loaded, data_dir, config)[key]
+    bare = zero_shot.evaluate(loaded, data_dir, config)[key]
     names = ["adenocarcinoma", "benign tissue", "squamous cell carcinoma"]
     labels = sources.load_annotations(data_dir, LUNG, "test", ["label"])["label"]
-    images = runner.embed_split_images(loaded, data_dir, LUNG, "test", 8)
+    images = model_view.embed_split_images(loaded, data_dir, LUNG, "test", 8)
     meta_names = sources.dataset_metadata(data_dir, LUNG)["tasks"]["lc25000_lung"]["class_names"]
 
     def top1_for(class_names, templates):
-        classifier = zero_shot_eval.class_embeddings(loaded, class_names, templates, 8)
+        classifier = zero_shot.class_embeddings(loaded, class_names, templates, 8)
         scores = np.asarray(zero_shot.zero_shot_scores(images, classifier))
         return float(np.mean(scores.argmax(1) == labels))
 
@@ -166,14 +165,14 @@ def test_templates_and_class_names_from_the_eval_config(loaded, data_dir, tmp_pa
         "lc25000": {"templates": ["a photo of {}."]},
         f"{LUNG}:lc25000_lung": {"class_names": names}}))
     config.zero_shot.prompts = str(prompts)
-    overridden = zero_shot_eval.evaluate(loaded, data_dir, config)[key]
+    overridden = zero_shot.evaluate(loaded, data_dir, config)[key]
     assert overridden["top1"] == pytest.approx(top1_for(names, ["a photo of {}."]))
     prompts.write_text(json.dumps({LUNG: {"class_names": names[:2]}}))
     with pytest.raises(UserError, match="3 classes.*override names 2"):
-        zero_shot_eval.evaluate(loaded, data_dir, config)
+        zero_shot.evaluate(loaded, data_dir, config)
     prompts.write_text(json.dumps({LUNG: {"templates": ["no slot"]}}))
     with pytest.raises(UserError, match="has no '\\{\\}'"):
-        zero_shot_eval.evaluate(loaded, data_dir, config)
+        zero_shot.evaluate(loaded, data_dir, config)
 
 
 def test_field_overrides_parse_and_check():
@@ -213,9 +212,9 @@ def test_classes_whose_prompts_truncate_alike_are_reported(loaded, data_dir, cap
     config = eval_config(data_dir)
     config.zero_shot.datasets = (f"{LUNG}/test",)
     config.zero_shot.templates = ("a histopathology slide showing {}.",)
-    zero_shot_eval.evaluate(loaded, data_dir, config)
+    zero_shot.evaluate(loaded, data_dir, config)
     err = capsys.readouterr().err
     assert "have identical prompts after tokenisation to config.model.text.max_len=16" in err
     config.zero_shot.templates = ("{}",)
-    zero_shot_eval.evaluate(loaded, data_dir, config)
+    zero_shot.evaluate(loaded, data_dir, config)
     assert "identical prompts" not in capsys.readouterr().err

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from medclip_jax.models import params as model_params
 from medclip_jax import methods, sharding, train
 from medclip_jax.errors import UserError
 from medclip_jax.models import build_model, model_config
@@ -23,7 +24,7 @@ def test_accumulated_grads_equal_full_batch_grads():
         "text_ids": rng.integers(1, 100, size=(32, 16)).astype(np.int32),
         "text_mask": (np.arange(16)[None, :] < lengths[:, None]).astype(np.int32)}, mesh)
     params = train.init_params(model, config, jax.random.key(0),
-                               sharding.tree_shardings(train.abstract_params(model, config),
+                               sharding.tree_shardings(model_params.abstract_params(model, config),
                                                        ((".*", "fsdp"),), mesh))
     results = {}
     for accum in (1, 4):
@@ -85,8 +86,9 @@ def test_accumulated_grads_equal_full_batch_grads_with_views_heads_and_state(met
     mesh = sharding.make_mesh({"data": 4, "fsdp": 2})
     batch = sharding.to_global_batch(synthetic_batch.random_batch(config, 16, seed=3), mesh)
     params = train.init_params(model, config.model, jax.random.key(0),
-                               sharding.tree_shardings(train.abstract_params(model, config.model),
-                                                       ((".*", "fsdp"),), mesh))
+                               sharding.tree_shardings(
+                                   model_params.abstract_params(model, config.model),
+                                   ((".*", "fsdp"),), mesh))
     state = methods.init_method_state(method, config.loss, config.model.embed_dim)
     if state:  # A partly filled queue, so the nearest-neighbour term takes part.
         rng = np.random.default_rng(1)

@@ -206,19 +206,19 @@ def feature_cache(tmp_path_factory) -> str:
 @pytest.mark.slow
 def test_features_are_cached_and_a_second_run_does_not_embed(tiny_data_dir, tiny_workdir,
                                                              feature_cache, monkeypatch):
-    from evals import linear_probe as lp_eval
-    from medclip_jax.evaluation import runner
-    loaded = runner.load_model(tiny_workdir)
+    from medclip_jax.evaluation import linear_probe as lp_eval
+    from medclip_jax.evaluation import model_view
+    loaded = model_view.from_checkpoint(tiny_workdir)
     config = eval_config.get_config("tiny")
     config.linear_probe.k_shots = (1,)
     calls = []
-    real = runner.embed_split_images
+    real = model_view.embed_split_images
 
     def counting(loaded_model, data_dir, name, split, batch_size, **kwargs):
         calls.append(split)
         return real(loaded_model, data_dir, name, split, batch_size, **kwargs)
 
-    monkeypatch.setattr(runner, "embed_split_images", counting)
+    monkeypatch.setattr(model_view, "embed_split_images", counting)
     first = lp_eval.evaluate(loaded, tiny_data_dir, config, feature_cache)
     assert sorted(calls) == ["test", "train", "validation"]
     cache_dir = os.path.join(feature_cache, "features")
@@ -251,9 +251,9 @@ def test_features_are_cached_and_a_second_run_does_not_embed(tiny_data_dir, tiny
 @pytest.mark.slow
 def test_validation_is_carved_when_the_dataset_has_no_such_split(tiny_data_dir, tiny_workdir,
                                                                 feature_cache):
-    from evals import linear_probe as lp_eval
-    from medclip_jax.evaluation import runner
-    loaded = runner.load_model(tiny_workdir)
+    from medclip_jax.evaluation import linear_probe as lp_eval
+    from medclip_jax.evaluation import model_view
+    loaded = model_view.from_checkpoint(tiny_workdir)
     config = eval_config.get_config("tiny")
     config.linear_probe.validation_split = "dev"
     config.linear_probe.k_shots = ()

@@ -330,7 +330,7 @@ def test_import_weights_writes_a_step0_workdir_the_evals_load(tiny_data_dir, bio
     """evals/import_weights.py (`step0.write_step0`): the BiomedCLIP-layout folder through a
     config whose model is the tiny preset's; the architecture comes from the folder, the eval loader gets open_clip's
     model (same image and text embeddings)."""
-    from medclip_jax.evaluation import runner
+    from medclip_jax.evaluation import model_view
     from medclip_jax.pretrained import step0
     model, folder = biomed
     config = tiny_config(tiny_data_dir)
@@ -344,7 +344,7 @@ def test_import_weights_writes_a_step0_workdir_the_evals_load(tiny_data_dir, bio
         saved = step0.write_step0(config, workdir)
     assert len(reads) == 1
     assert (saved["model"]["text"]["kind"], saved["model"]["text_projection"]) == ("bert", "mlp")
-    loaded = runner.load_model(workdir)
+    loaded = model_view.from_checkpoint(workdir)
     assert loaded.step == 0
     ids, mask = token_batch(300, eot=None)
     x = images(224, 1)

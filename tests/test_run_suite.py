@@ -9,12 +9,10 @@ import types
 import ml_collections
 import pytest
 
-from evals import retrieval as retrieval_eval
 from evals import run_suite
-from evals import zero_shot as zero_shot_eval
 from helpers import REPO_ROOT, run_in_process
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import runner
+from medclip_jax.evaluation import model_view, retrieval, zero_shot
 from test_zero_shot_multilabel import mimic_data_dir, tiny_checkpoint
 
 FAKE_MODULE = "tests_fake_vqa_evaluation"
@@ -26,8 +24,8 @@ def workdir(tmp_path_factory, tiny_data_dir) -> str:
 
 
 @pytest.fixture(scope="module")
-def loaded(workdir) -> runner.LoadedModel:
-    return runner.load_model(workdir)
+def loaded(workdir) -> model_view.ModelView:
+    return model_view.from_checkpoint(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +108,13 @@ def test_suite_writes_every_section_and_lists_what_it_skipped(loaded, workdir, d
     assert results["zero_shot"]["mimic_cxr/test:chexpert"]["num_samples"] == 16
     alone = ml_collections.ConfigDict(config.to_dict())
     alone.zero_shot.datasets = ("synthetic_medical@tiny/test",)
-    direct = zero_shot_eval.evaluate(loaded, data_dir, alone)
+    direct = zero_shot.evaluate(loaded, data_dir, alone)
     chest = "synthetic_medical@tiny/test:chest_xray"
     assert results["zero_shot"][chest]["top1"] == direct[chest]["top1"]
     assert set(results["retrieval"]) == {"synthetic_medical@tiny/test", "mimic_cxr/validation"}
     alone.retrieval.datasets = ("mimic_cxr/validation",)
     assert (results["retrieval"]["mimic_cxr/validation"]
-            == retrieval_eval.evaluate(loaded, data_dir, alone)["mimic_cxr/validation"])
+            == retrieval.evaluate(loaded, data_dir, alone)["mimic_cxr/validation"])
     assert results["linear_probe"] == {}
     assert results["vqa"] == {"synthetic_medical@tiny/test:vqa": {"accuracy": 0.5,
                                                                   "closed_accuracy": 0.75}}

@@ -269,7 +269,8 @@ def test_config_docstring_fields_exist(module, kind):
 
 
 def test_evaluation_names_and_choices_have_one_home():
-    from evals import linear_probe as lp_eval, run_suite
+    from evals import run_suite
+    from medclip_jax.evaluation import linear_probe as lp_eval
     from medclip_jax.evaluation import linear_probe, zero_shot
     assert tuple(run_suite.EVALUATIONS) == settings.EVALUATIONS
     assert lp_eval.FEATURE_KINDS is settings.PROBE_FEATURES

@@ -317,8 +317,8 @@ def test_binary_end_to_end(tiny_data_dir, tiny_workdir):
 @pytest.fixture(scope="module")
 def one_device_model(tiny_workdir):
     """The tiny checkpoint restored onto one device (its programs compile faster)."""
-    from medclip_jax.evaluation import runner
-    loaded = runner.load_model(tiny_workdir)
+    from medclip_jax.evaluation import model_view
+    loaded = model_view.from_checkpoint(tiny_workdir)
     mesh = one_device_mesh()
     return dataclasses.replace(loaded, mesh=mesh, params=jax.device_put(
         loaded.params, sharding.replicated(mesh)))

@@ -17,7 +17,7 @@ from evals import zero_shot as zero_shot_eval
 from medclip_jax import train
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import runner, zero_shot
+from medclip_jax.evaluation import model_view, zero_shot
 from test_data_prep_mimic_cxr import csv_bytes, dicom_id, write_table
 
 LABELS = mimic_cxr.CHEXPERT_LABELS
@@ -110,8 +110,8 @@ def mimic_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory, tiny_data_dir) -> runner.LoadedModel:
-    return runner.load_model(tiny_checkpoint(tmp_path_factory, tiny_data_dir))
+def loaded(tmp_path_factory, tiny_data_dir) -> model_view.ModelView:
+    return model_view.from_checkpoint(tiny_checkpoint(tmp_path_factory, tiny_data_dir))
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def test_scores_are_prompt_ensemble_cosine_differences():
 
 def test_mimic_task_metadata_and_prompts(mimic_dir):
     meta = sources.dataset_metadata(mimic_dir, "mimic_cxr")
-    task = zero_shot_eval.multilabel_task("mimic_cxr/test", "chexpert", meta["tasks"]["chexpert"])
+    task = zero_shot.multilabel_task("mimic_cxr/test", "chexpert", meta["tasks"]["chexpert"])
     assert "No Finding" not in task["labels"] and "Support Devices" in task["labels"]
     assert len(task["labels"]) == 13 and task["num_columns"] == 14
     assert [LABELS[c] for c in task["columns"]] == task["labels"]
@@ -240,15 +240,15 @@ def test_mimic_task_metadata_and_prompts(mimic_dir):
 
 def test_bad_task_metadata_is_a_user_error():
     with pytest.raises(UserError, match=r"tasks\['x'\].type"):
-        zero_shot_eval.task_type("d/test", "x", {"type": "ranking"})
+        zero_shot.task_type("d/test", "x", {"type": "ranking"})
     good = {"type": "multilabel", "label_field": "f", "labels": ["A"],
             "positive_templates": ["{}."], "negative_templates": ["no {}."]}
-    assert zero_shot_eval.multilabel_task("d/test", "x", good)["class_names"] == ["A"]
+    assert zero_shot.multilabel_task("d/test", "x", good)["class_names"] == ["A"]
     for broken, message in (({"labels": []}, "no 'labels'"),
                             ({"columns": ["B"]}, "not in its columns"),
                             ({"class_names": ["a", "b"]}, "2 names for 1 labels")):
         with pytest.raises(UserError, match=message):
-            zero_shot_eval.multilabel_task("d/test", "x", {**good, **broken})
+            zero_shot.multilabel_task("d/test", "x", {**good, **broken})
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,12 +267,12 @@ def eval_config(data_dir: str, uncertain: str = "exclude") -> ml_collections.Con
 
 def reference_scores(loaded, data_dir, task):
     """Scores [N, L] from independently embedded images and prompts, and the label values."""
-    images = runner.embed_split_images(loaded, data_dir, "mimic_cxr", "test", 8)
+    images = model_view.embed_split_images(loaded, data_dir, "mimic_cxr", "test", 8)
     images = images / np.linalg.norm(images, axis=1, keepdims=True)
 
     def ensemble(templates):
         prompts = [t.format(n) for n in task["class_names"] for t in templates]
-        emb = runner.embed_texts(loaded, prompts, 8).reshape(len(task["class_names"]),
+        emb = model_view.embed_texts(loaded, prompts, 8).reshape(len(task["class_names"]),
                                                               len(templates), -1)
         emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
         mean = emb.mean(axis=1)
@@ -288,11 +288,11 @@ def reference_scores(loaded, data_dir, task):
 @pytest.mark.slow
 def test_zero_shot_on_tiny_mimic_build(mimic_dir, loaded):
     meta = sources.dataset_metadata(mimic_dir, "mimic_cxr")
-    task = zero_shot_eval.multilabel_task("mimic_cxr/test", "chexpert", meta["tasks"]["chexpert"])
+    task = zero_shot.multilabel_task("mimic_cxr/test", "chexpert", meta["tasks"]["chexpert"])
     scores, values = reference_scores(loaded, mimic_dir, task)
     for uncertain, skipped in (("exclude", ["Fracture", "Pleural Other", "Pneumonia"]),
                                ("negative", ["Fracture", "Pleural Other"])):
-        results = zero_shot_eval.evaluate(loaded, mimic_dir, eval_config(mimic_dir, uncertain))
+        results = zero_shot.evaluate(loaded, mimic_dir, eval_config(mimic_dir, uncertain))
         assert list(results) == ["mimic_cxr/test:chexpert"]
         result = results["mimic_cxr/test:chexpert"]
         expected, expected_skipped = sklearn_reference(scores, values, task["labels"], uncertain)

@@ -42,17 +42,23 @@ deviation over seeds. Test scores are softmax probabilities, scored by
 
 import dataclasses
 import functools
+import hashlib
+import os
+import re
 from typing import Any, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import optax.tree_utils as otu
 
+from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.settings import LinearProbeSettings
-from medclip_jax.evaluation import metrics
+from medclip_jax.evaluation import fields, metrics, model_view, zero_shot
+from medclip_jax.settings import PROBE_FEATURES, EvalSettings, LinearProbeSettings
 
 #: Metrics averaged over seeds in k-shot mode.
 K_SHOT_METRICS = ("top1", "balanced_accuracy", "macro_f1", "macro_auroc")
@@ -342,3 +348,180 @@ def k_shot_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
             out[f"k{k}/{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         out[f"k{k}/num_train"] = num_train[k]
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# A dataset's tasks probed on a model view's features (the `evals/linear_probe.py` protocol)
+# --------------------------------------------------------------------------------------------
+
+FEATURE_KINDS = PROBE_FEATURES
+FIELD = "config.linear_probe"
+
+
+class _Identity(nn.Module):
+    """Stands in for the projection head to read the image tower's pooled output."""
+
+    @nn.compact
+    def __call__(self, x):
+        return x
+
+
+def feature_model(view: model_view.ModelView, kind: str) -> model_view.ModelView:
+    """The view model whose `encode_image` returns the requested features."""
+    if kind not in FEATURE_KINDS:
+        raise UserError(f"{FIELD}.features: {kind!r} is not one of {', '.join(FEATURE_KINDS)}")
+    if kind == "projected":
+        return view
+    return dataclasses.replace(view, model=view.model.clone(image_proj=_Identity()))
+
+
+def cache_path(cache_dir: str, view: model_view.ModelView, data_dir: str, name: str,
+               split: str, kind: str, image_field: str = "image") -> str:
+    """``<cache_dir>/<name>-<split>-v<version>-<kind>-step<N>-<hash>.npy``."""
+    folder = sources.dataset_dir(data_dir, name)
+    version = os.path.basename(folder)
+    digest = hashlib.sha1((view.train_config.to_json_best_effort(sort_keys=True)
+                           + "\n" + os.path.abspath(folder) + "\n" + image_field
+                           ).encode()).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9_.@\-]+", "_", f"{name}-{split}")
+    return os.path.join(cache_dir, f"{safe}-v{version}-{kind}-step{view.step}-{digest}.npy")
+
+
+def split_features(view: model_view.ModelView, data_dir: str, name: str, split: str,
+                   kind: str, batch_size: int, cache_dir: str | None,
+                   image_field: str = "image") -> np.ndarray:
+    """[N, D] features of every record of a split, read from the cache or embedded (and
+    cached by process 0; written to a temporary name, then renamed, so never half a file)."""
+    num = sources.num_records(data_dir, name, split)
+    path = (cache_path(cache_dir, view, data_dir, name, split, kind, image_field)
+            if cache_dir else None)
+    if path and os.path.exists(path):
+        features = np.load(path)
+        if features.shape[0] == num:
+            return features
+    features = model_view.embed_split_images(feature_model(view, kind), data_dir, name, split,
+                                         batch_size, image_field=image_field)
+    if len(features) != num:
+        raise AssertionError(f"embedded {len(features)} images but {name}/{split} has {num}")
+    if path and jax.process_index() == 0:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}.npy"
+        np.save(tmp, features)
+        os.replace(tmp, path)
+    return features
+
+
+def probe_settings_of(lp: LinearProbeSettings) -> ProbeSettings:
+    return ProbeSettings(
+        l2_grid=tuple(float(v) for v in lp.l2_grid), max_iterations=int(lp.max_iterations),
+        tolerance=float(lp.tolerance), standardize=bool(lp.standardize))
+
+
+def dataset_name(entry: str) -> str:
+    if not isinstance(entry, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+(@[A-Za-z0-9_.\-]+)?",
+                                                      entry):
+        raise UserError(f"{FIELD}.datasets: {entry!r} is not a dataset name 'name[@config]' "
+                        f"(no split: the splits are {FIELD}.train_split / validation_split / "
+                        f"test_split)")
+    return entry
+
+
+def multiclass_tasks(name: str, meta: dict[str, Any],
+                     config: ml_collections.ConfigDict | None = None
+                     ) -> dict[str, dict[str, Any]]:
+    """The dataset's multi-class tasks (multi-label ones have no single label to probe), with
+    the eval config's label-field overrides, exactly as zero-shot scores them."""
+    tasks = zero_shot.dataset_tasks(name, meta, config, f"{FIELD}.datasets")
+    chosen = {t: task for t, task in tasks.items()
+              if zero_shot.task_type(name, t, task) == "multiclass"}
+    if not chosen:
+        raise UserError(f"{FIELD}.datasets: {name} has no multi-class task to probe")
+    return chosen
+
+
+def split_annotations(data_dir: str, name: str, split: str, tasks: dict[str, Any]
+                      ) -> dict[str, np.ndarray]:
+    """The label fields the tasks use, and `modality` where the dataset has it."""
+    available = set(sources.read_builder(sources.dataset_dir(data_dir, name))
+                    .info.features.keys())
+    wanted = {zero_shot.label_field(task) for task in tasks.values()}
+    missing = sorted(wanted - available)
+    if missing:
+        raise UserError(f"{FIELD}.datasets: {name} has no label field(s) {', '.join(missing)} "
+                        f"(fields: {', '.join(sorted(available))})")
+    return sources.load_annotations(data_dir, name, split,
+                                    fields=sorted(wanted | ({"modality"} & available)))
+
+
+def task_rows(task_name: str, task: dict[str, Any], annotations: dict[str, np.ndarray]
+              ) -> np.ndarray:
+    modalities = annotations.get("modality")
+    num = len(next(iter(annotations.values())))
+    return zero_shot.task_records(
+        task_name, task, None if modalities is None else np.asarray(modalities).astype(str),
+        num)
+
+
+def evaluate_dataset(view: model_view.ModelView, data_dir: str, name: str,
+                     config: ml_collections.ConfigDict, cache_dir: str | None
+                     ) -> dict[str, dict[str, Any]]:
+    lp = config.linear_probe
+    name = dataset_name(name)
+    probe_settings = probe_settings_of(lp)
+    tasks = multiclass_tasks(name, sources.dataset_metadata(data_dir, name), config)
+    info = sources.read_builder(sources.dataset_dir(data_dir, name)).info
+    splits = set(info.splits.keys())
+    image_field = fields.image_field(name, info.features.keys(),
+                                     fields.parse_overrides(config.fields))
+    carve = not lp.validation_split or lp.validation_split not in splits
+    split_names = {"train": lp.train_split, "test": lp.test_split}
+    if not carve:
+        split_names["val"] = lp.validation_split
+    data = {}
+    for role, split in split_names.items():
+        annotations = split_annotations(data_dir, name, split, tasks)
+        features = split_features(view, data_dir, name, split, lp.features,
+                                  config.batch_size, cache_dir, image_field)
+        data[role] = (annotations, features)
+    seeds = [int(lp.seed) + s for s in range(int(lp.k_shot_seeds))]
+    results = {}
+    for task_name, task in tasks.items():
+        num_classes = len(task["class_names"])
+        arrays = {}
+        for role, (annotations, features) in data.items():
+            rows = task_rows(task_name, task, annotations)
+            labels = np.asarray(annotations[zero_shot.label_field(task)])[rows]
+            arrays[role] = (features[rows], labels)
+        if carve:
+            x, y = arrays["train"]
+            train_idx, val_idx = stratified_carve(y, float(lp.validation_fraction),
+                                                               int(lp.seed))
+            arrays["train"], arrays["val"] = (x[train_idx], y[train_idx]), (x[val_idx],
+                                                                            y[val_idx])
+        splits_xy = (*arrays["train"], *arrays["val"], *arrays["test"])
+        result = probe(*splits_xy, num_classes, probe_settings,
+                                    refit=bool(lp.refit))
+        if lp.k_shots:
+            result.update(k_shot_probe(*splits_xy, num_classes, probe_settings,
+                                                    [int(k) for k in lp.k_shots], seeds))
+        result.update(num_classes=num_classes, chance_top1=1.0 / num_classes,
+                      num_val=int(len(arrays["val"][1])), val_carved=int(carve))
+        results[f"{name}/{lp.test_split}:{task_name}"] = result
+    return results
+
+
+def evaluate(view: model_view.ModelView, data_dir: str,
+             config: "ml_collections.ConfigDict | EvalSettings",
+             output_dir: str | None = None) -> dict[str, dict[str, Any]]:
+    """Every multi-class task of ``config.linear_probe.datasets``: {"<name>/<test>:<task>":
+    metrics}. Features are cached in ``linear_probe.cache_dir``, else
+    ``<output_dir>/features`` (output_dir: the argument, else ``config.output_dir``), else
+    not at all. `config`: the eval config or its parsed `EvalSettings`."""
+    config = EvalSettings.from_config(config)
+    lp = config.linear_probe
+    output_dir = output_dir or config.output_dir
+    cache_dir = lp.cache_dir or (os.path.join(output_dir, "features") if output_dir else None)
+    results = {}
+    for name in lp.datasets:
+        results.update(evaluate_dataset(view, data_dir, name, config, cache_dir))
+    return results

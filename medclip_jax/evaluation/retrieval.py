@@ -24,14 +24,18 @@ and a negative with identical embeddings score bit-identically and tie exactly a
 The last blocks are padded (padding masked out) so that function compiles once.
 """
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from medclip_jax import sharding
 
+from medclip_jax import sharding
+from medclip_jax.data import sources
 from medclip_jax.errors import UserError
+from medclip_jax.evaluation import fields, model_view
+from medclip_jax.settings import EvalSettings
 
 PAD = -1
 _PAD_TEXT_ID = -2  # id of padded text columns: never equal to a positive index nor to PAD
@@ -242,3 +246,60 @@ def retrieval_metrics(image_emb, text_emb, image_positives, text_positives,
     if return_ranks:
         out["i2t_ranks"], out["t2i_ranks"] = i2t, t2i
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# A dataset's captions, evaluated on a model view
+# --------------------------------------------------------------------------------------------
+
+def captions_per_image(annotations: dict[str, np.ndarray], field: str | None = None
+                       ) -> list[list[str]]:
+    """All captions of each record from `field` (default: ``captions`` if loaded, else
+    ``caption``), which holds a string or a list of strings per record."""
+    field = field or ("captions" if "captions" in annotations else "caption")
+    return [[str(c) for c in v] if isinstance(v, (list, tuple, np.ndarray)) else [str(v)]
+            for v in annotations[field]]
+
+
+def caption_retrieval_metrics(image_emb: np.ndarray, captions: Sequence[Sequence[str]],
+                              embed_texts: Callable[[list[str]], np.ndarray],
+                              ks: Sequence[int], block_size: int = 1024) -> dict[str, float]:
+    """`retrieval_metrics` of images against their captions (`build_positives`: identical
+    captions are one text), `embed_texts` embedding the distinct texts: the computation of
+    the retrieval evaluator and of training's validation."""
+    texts, image_positives, text_positives = build_positives(captions)
+    return retrieval_metrics(image_emb, embed_texts(texts), image_positives, text_positives,
+                             ks=ks, block_size=block_size)
+
+
+def evaluate_dataset(view: model_view.ModelView, data_dir: str, spec: str, batch_size: int,
+                     ks: tuple[int, ...], block_size: int,
+                     overrides: tuple[fields.FieldOverride, ...] = ()) -> dict[str, Any]:
+    """Retrieval over `spec`'s own caption field (`fields.caption_field`), whatever field the
+    checkpoint was trained on."""
+    entry = sources.parse_mixture(spec, field="config.retrieval.datasets")[0]
+    available = sources.read_builder(sources.dataset_dir(data_dir, entry.name)).info.features
+    caption_field = fields.caption_field(entry.name, available.keys(), overrides)
+    image_field = fields.image_field(entry.name, available.keys(), overrides)
+    annotations = sources.load_annotations(data_dir, entry.name, entry.split,
+                                           fields=[caption_field])
+    image_emb = model_view.embed_split_images(view, data_dir, entry.name, entry.split,
+                                              batch_size, image_field=image_field)
+    result = caption_retrieval_metrics(
+        image_emb, captions_per_image(annotations, caption_field),
+        lambda texts: model_view.embed_texts(view, texts, batch_size), ks, block_size)
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else int(v))
+            for k, v in result.items()}
+
+
+def evaluate(view: model_view.ModelView, data_dir: str,
+             config: "ml_collections.ConfigDict | EvalSettings") -> dict[str, dict[str, Any]]:
+    """Every dataset of ``config.retrieval.datasets``: {spec: {"i2t_R@K", "t2i_R@K", ...}}.
+
+    `config`: the eval config (`configs/eval.py`) or its parsed `EvalSettings`."""
+    config = EvalSettings.from_config(config)
+    ks = config.retrieval.ks
+    overrides = fields.parse_overrides(config.fields)
+    return {spec: evaluate_dataset(view, data_dir, spec, config.batch_size, ks,
+                                   config.retrieval.block_size, overrides)
+            for spec in config.retrieval.datasets}

@@ -60,7 +60,7 @@ from medclip_jax import sharding
 from medclip_jax.data import pipeline
 from medclip_jax.data.text_ops import normalize_caption as normalize_answer
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import runner
+from medclip_jax.evaluation import model_view
 from medclip_jax.models import DualEncoder
 
 FUSIONS = settings_lib.FUSIONS
@@ -632,8 +632,9 @@ def encode_questions(loaded: Any, texts: Sequence[str], global_batch_size: int, 
     mesh = loaded.mesh
     encode = _tower_encoders(loaded.model, mesh)[1]
     pooled, token_chunks, masks, index = [], [], [], []
-    for local in runner.text_batches(texts, loaded.tokenizer, loaded.train_config.model.text.max_len,
-                                     global_batch_size):
+    for local in model_view.text_batches(texts, loaded.tokenizer,
+                                         loaded.train_config.model.text.max_len,
+                                         global_batch_size):
         arrays = sharding.to_global_batch(local, mesh)
         valid = sharding.to_host(arrays["valid"]).astype(bool)
         emb, token_features = encode(loaded.params, arrays["text_ids"], arrays["text_mask"])

@@ -10,6 +10,7 @@ import jax
 import ml_collections
 
 from medclip_jax import checkpointing, sharding, train
+from medclip_jax.models import params as model_params
 from medclip_jax.errors import UserError
 from medclip_jax.pretrained import init as init_lib
 
@@ -52,7 +53,7 @@ def write_step0(config: ml_collections.ConfigDict, workdir: str,
     config, _, model = train.resolve_model(config)
     mesh = sharding.make_mesh(dict(config.mesh))
     params = train.init_params(model, config.model, jax.random.key(config.seed),
-                               train.param_shardings(model, config, mesh))
+                               model_params.param_shardings(model, config, mesh))
     params = init_lib.apply_init(params, config, dual_cache)
     saved = config.to_dict()
     checkpointer.save(0, params, {"step": 0}, saved)
