@@ -41,3 +41,10 @@ def heads(cfg: ml_collections.ConfigDict) -> MethodHeads:
     return MethodHeads({"image_token_proj": linear_head(cfg.embed_dim, cfg.image.width, dtype),
                         "text_token_proj": linear_head(cfg.embed_dim, cfg.text.width, dtype)},
                        forward)
+
+
+#: The `Method` fields FILIP and GLoRIA share: both read the projected patch and word tokens.
+TOKEN_METHOD = dict(
+    reads=lambda **_: {"image_token_emb", "text_token_emb"}, produced_by=PRODUCED_BY,
+    model_fields=("token_projection",), check_model=check_model, heads=heads,
+    question="fine_grained")

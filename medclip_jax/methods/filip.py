@@ -18,6 +18,4 @@ def configure(config: ml_collections.ConfigDict, preset: str) -> None:
 METHOD = Method(
     name="filip", title="FILIP (Yao et al. 2022): token-wise late interaction",
     loss=filip.filip_loss_from_outputs, configure=configure,
-    reads=lambda **_: {"image_token_emb", "text_token_emb"}, produced_by=_tokens.PRODUCED_BY,
-    model_fields=("token_projection",), check_model=_tokens.check_model, heads=_tokens.heads,
-    question="fine_grained")
+    **_tokens.TOKEN_METHOD)

@@ -20,6 +20,4 @@ def configure(config: ml_collections.ConfigDict, preset: str) -> None:
 METHOD = Method(
     name="gloria", title="GLoRIA (Huang et al. 2021): global + local word-region alignment",
     loss=gloria.gloria_loss_from_outputs, configure=configure,
-    reads=lambda **_: {"image_token_emb", "text_token_emb"}, produced_by=_tokens.PRODUCED_BY,
-    model_fields=("token_projection",), check_model=_tokens.check_model, heads=_tokens.heads,
-    question="fine_grained")
+    **_tokens.TOKEN_METHOD)
