@@ -31,8 +31,8 @@ with one line naming ``config.<field>``):
   sharding.rules    ``(regex, spec)`` partition rules for params and optimizer state.
   checkpoint        save interval and retention.
   eval              in-loop validation: split, interval, size, recall K; ``evaluators``
-                    schedules zero_shot / retrieval every N steps (``"zero_shot:100"``), set
-                    by ``eval.zero_shot`` / ``eval.retrieval`` as in configs/eval.py.
+                    schedules any evaluator every N steps (``"zero_shot:100"``): zero_shot,
+                    retrieval, linear_probe, vqa, set by ``eval.<name>`` as in configs/eval.py.
   init              published weights to start from: ``text="hf_bert:/dir"`` or ``"hf_clip:/dir"``,
                     ``image="hf_clip:/dir"``; "" = random (``medclip_jax/pretrained/init.py``).
                     ``init.logit_scale``: take the logit scale from the CLIP folder when both

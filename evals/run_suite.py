@@ -55,13 +55,9 @@ from medclip_jax.evaluation import evaluators, model_view, runner, tables
 
 FLAGS = flags.FLAGS
 
-# Evaluation name -> the module whose `evaluate(view, data_dir, config)` runs it: the library's
-# evaluators (`medclip_jax.evaluation.evaluators`), then those whose evaluate() still lives in
-# its binary.
-EVALUATIONS = {**{name: evaluate.__module__ for name, evaluate in evaluators.EVALUATORS.items()},
-               "vqa": "evals.vqa"}
-# Split fields an evaluation section names when its dataset specs carry no split.
-SPLIT_FIELDS = ("train_split", "test_split")
+# Evaluation name -> the library module whose `evaluate(view, data_dir, config)` runs it
+# (`medclip_jax.evaluation.evaluators`).
+EVALUATIONS = {name: evaluate.__module__ for name, evaluate in evaluators.EVALUATORS.items()}
 # Headline metrics of the markdown summary, in column order (those present are shown).
 HEADLINE = ("num_samples", "top1", "balanced_accuracy", "macro_f1", "macro_auroc",
             "mean_auroc", "num_labels", "R@1", "R@5", "R@10", "mean_rank", "median_rank",
@@ -107,11 +103,9 @@ def split_names(expression: str) -> list[str]:
 
 def dataset_name_and_splits(spec: str, section: ml_collections.ConfigDict,
                             field: str) -> tuple[str, list[str]]:
-    """(``name[@config]``, the splits the evaluation reads) of a dataset spec."""
-    if "/" in spec:
-        entry = sources.parse_entry(spec, field)
-        return entry.name, split_names(entry.split)
-    return spec, [str(section[f]) for f in SPLIT_FIELDS if f in section and section[f]]
+    """(``name[@config]``, the split names the evaluation reads) of a dataset spec."""
+    name, expressions = evaluators.dataset_splits(spec, section, field)
+    return name, [split for expression in expressions for split in split_names(expression)]
 
 
 def missing_reason(data_dir: str, spec: str, section: ml_collections.ConfigDict,

@@ -7,6 +7,8 @@ For each dataset of ``config.vqa.datasets`` (``name[@config]``; VQA-RAD ``vqa_ra
 ``path_vqa``, or the synthetic dataset, whose records carry a ``vqa`` sequence of questions),
 a head is trained on ``config.vqa.train_split`` and scored on ``config.vqa.test_split``
 (see `medclip_jax.evaluation.vqa` for the protocol). Result key: ``<name>/<test_split>:vqa``.
+The evaluation itself is `medclip_jax.evaluation.vqa.evaluate(view, data_dir, config)`, which
+`evals/run_suite.py` and training (``config.eval.evaluators``) call too.
 
 ``config.vqa`` fields:
   datasets, train_split, test_split   what to train on and score.
@@ -31,118 +33,12 @@ question text), and the sizes behind them.
 
 from typing import Any
 
-import jax
-import ml_collections
-import numpy as np
 from absl import flags
 
 from evals import common
-from medclip_jax.data import sources
-from medclip_jax.errors import UserError
-from medclip_jax.evaluation import model_view, tables, vqa
+from medclip_jax.evaluation import tables, vqa
 
 FLAGS = flags.FLAGS
-RECORD_FIELDS = ("question", "answer_type", "image_id")
-
-
-def say(line: str) -> None:
-    """Progress on process 0 only."""
-    if jax.process_index() == 0:
-        print(line, flush=True)
-
-
-def load_questions(data_dir: str, name: str, split: str) -> vqa.Questions:
-    """A split's questions, from per-question records or per-image `vqa` sequences."""
-    features = set(sources.read_builder(sources.dataset_dir(data_dir, name)).info.features)
-    where = f"{name}/{split}"
-    if "vqa" in features:
-        annotations = sources.load_annotations(data_dir, name, split, fields=["vqa"])
-        return vqa.expand_image_records(annotations["vqa"], where)
-    answer = "answer_normalized" if "answer_normalized" in features else "answer"
-    if set(RECORD_FIELDS) <= features and answer in features:
-        a = sources.load_annotations(data_dir, name, split, fields=[*RECORD_FIELDS, answer])
-        return vqa.questions_from_records(a["question"].tolist(), a[answer].tolist(),
-                                          a["answer_type"].tolist(), a["image_id"].tolist(),
-                                          where)
-    raise UserError(f"config.vqa.datasets: {name} has no VQA fields (a `vqa` sequence, or "
-                    f"question / answer / answer_type / image_id per record)")
-
-
-def split_tables(loaded: model_view.ModelView, data_dir: str, name: str, split: str,
-                 questions: vqa.Questions, settings: vqa.HeadSettings,
-                 batch_size: int) -> dict[str, np.ndarray]:
-    """The head's feature tables for one split: each distinct question and image once."""
-    texts = list(dict.fromkeys(questions.question))
-    lookup = {text: i for i, text in enumerate(texts)}
-    tables = {"image_row": questions.image_row.astype(np.int32),
-              "question_row": np.asarray([lookup[q] for q in questions.question], np.int32)}
-    tables.update(vqa.encode_questions(loaded, texts, batch_size,
-                                       tokens=settings.needs_question_tokens))
-    tables.update(vqa.encode_split_images(
-        loaded, data_dir, name, split, batch_size, questions.image_records,
-        tokens=settings.needs_image_tokens, pixels=settings.finetune_image))
-    return tables
-
-
-def evaluate_dataset(loaded: model_view.ModelView, data_dir: str, name: str,
-                     config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]]:
-    settings = vqa.settings_from_config(config.vqa)
-    train_split, test_split = str(config.vqa.train_split), str(config.vqa.test_split)
-    train = load_questions(data_dir, name, train_split)
-    test = load_questions(data_dir, name, test_split)
-    if not len(train) or not len(test):
-        raise UserError(f"config.vqa.datasets: {name} has no questions in split "
-                        f"{train_split if not len(train) else test_split}")
-    vocab = vqa.build_vocabulary(train.answers, settings.max_answers)
-    targets = vqa.soft_targets(train.answers, vocab)
-    train_rows = np.flatnonzero(targets.sum(-1) > 0)
-    train_tables = split_tables(loaded, data_dir, name, train_split, train, settings,
-                                config.batch_size)
-    train_tables["targets"] = targets
-    test_tables = split_tables(loaded, data_dir, name, test_split, test, settings,
-                               config.batch_size)
-    tower = frozen = encoder = None
-    if settings.finetune_image:
-        tower = {k: loaded.params[k] for k in vqa.IMAGE_TOWER_KEYS}
-        frozen = {k: v for k, v in loaded.params.items() if k not in vqa.IMAGE_TOWER_KEYS}
-        encoder = vqa.clip_image_encoder(loaded.model)
-    head = settings.head(len(vocab))
-    say(f"VQA {name}: {len(train)} train questions ({len(train) - len(train_rows)} with an "
-        f"answer outside the {len(vocab)}-answer vocabulary, dropped), {len(test)} test "
-        f"questions; {settings.fusion} head")
-    fit = vqa.fit_head(head, settings, train_tables, train_rows, loaded.mesh, tower=tower,
-                       frozen=frozen, image_encoder=encoder,
-                       log=lambda line: say(f"VQA {name} head {line}"))
-    predictions = vqa.predict_answers(head, fit.trainable, test_tables, len(test),
-                                      settings.batch_size, loaded.mesh, frozen=frozen,
-                                      image_encoder=encoder)
-    results = vqa.vqa_accuracy(predictions, vqa.answer_index(test.answer, vocab), test.closed)
-    baseline = vqa.majority_baseline(train.answer, train.closed, test.answer, test.closed)
-    results.update({k: v for k, v in baseline.items() if k.endswith("_accuracy")})
-    results.update(vqa.question_prior_baseline(train.question, train.answer, test.question,
-                                               test.answer, test.closed))
-    results.update(num_answers=len(vocab), num_train_questions=len(train),
-                   num_train_dropped=int(len(train) - len(train_rows)),
-                   num_train_images=len(train.image_records),
-                   num_test_images=len(test.image_records),
-                   first_epoch_loss=fit.epoch_losses[0], final_train_loss=fit.epoch_losses[-1])
-    return f"{name}/{test_split}:vqa", results
-
-
-def evaluate(loaded: model_view.ModelView, data_dir: str, config: ml_collections.ConfigDict
-             ) -> dict[str, dict[str, Any]]:
-    """{"<name>/<test_split>:vqa": metrics} for every dataset of config.vqa.datasets."""
-    config = common.settings(config)  # fails on a bad field before any embedding
-    if not config.vqa.datasets:
-        raise UserError("config.vqa.datasets is empty")
-    results = {}
-    for name in config.vqa.datasets:
-        if "/" in str(name):
-            raise UserError(f"config.vqa.datasets: {name!r} names a split; give the dataset "
-                            f"(name[@config]) and set config.vqa.train_split / test_split")
-        key, metrics = evaluate_dataset(loaded, data_dir, str(name), config)
-        results[key] = metrics
-    return results
 
 
 def results_table(results: dict[str, dict[str, Any]]) -> str:
@@ -158,7 +54,7 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
 
 def run() -> None:
     loaded, data_dir, output_dir = common.load()
-    results = evaluate(loaded, data_dir, FLAGS.config)
+    results = vqa.evaluate(loaded, data_dir, FLAGS.config)
     common.publish(output_dir, "vqa", "VQA", loaded.step, results, results_table(results))
 
 

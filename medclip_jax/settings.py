@@ -493,9 +493,22 @@ class TrainRetrievalSettings(RetrievalSettings):
     PATH: ClassVar[str] = "config.eval.retrieval"
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainLinearProbeSettings(LinearProbeSettings):
+    """``config.eval.linear_probe``: `LinearProbeSettings` for the probe in training (its
+    features are not cached unless ``cache_dir`` is set)."""
+    PATH: ClassVar[str] = "config.eval.linear_probe"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainVqaSettings(VqaSettings):
+    """``config.eval.vqa``: `VqaSettings` for the VQA evaluator in training."""
+    PATH: ClassVar[str] = "config.eval.vqa"
+
+
 #: The evaluators training can schedule (`medclip_jax.evaluation.evaluators.EVALUATORS`):
-#: each has its section in ``config.eval``.
-TRAINING_EVALUATORS = ("zero_shot", "retrieval")
+#: every evaluation, each with its section in ``config.eval``.
+TRAINING_EVALUATORS = EVALUATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -506,7 +519,8 @@ class ValidationSettings(Section):
     ``evaluators``: ``"<name>[:<every_steps>]"`` entries, e.g. ``("zero_shot:100",
     "retrieval")``; without ``:<every_steps>`` an evaluator runs every ``eval.every_steps``
     (and always after the last step). Their settings are the sections of the same name
-    (``eval.zero_shot``, ``eval.retrieval``: the eval config's fields), with ``eval.fields``
+    (``eval.zero_shot``, ``eval.retrieval``, ``eval.linear_probe``, ``eval.vqa``: the eval
+    config's fields), with ``eval.fields``
     and ``eval.batch_size`` (0 = the training batch size) as in `EvalSettings`."""
     PATH: ClassVar[str] = "config.eval"
     split: str = "synthetic_medical/validation"
@@ -518,6 +532,8 @@ class ValidationSettings(Section):
     fields: tuple[str, ...] = ()
     zero_shot: TrainZeroShotSettings = section_field(TrainZeroShotSettings)
     retrieval: TrainRetrievalSettings = section_field(TrainRetrievalSettings)
+    linear_probe: TrainLinearProbeSettings = section_field(TrainLinearProbeSettings)
+    vqa: TrainVqaSettings = section_field(TrainVqaSettings)
 
     def check(self) -> None:
         if self.max_examples < 1:
@@ -562,7 +578,8 @@ class ValidationSettings(Section):
         """The `EvalSettings` the scheduled evaluators read (what the binaries parse from the
         eval config)."""
         return EvalSettings(batch_size=self.batch_size or train_batch_size, fields=self.fields,
-                            zero_shot=self.zero_shot, retrieval=self.retrieval)
+                            zero_shot=self.zero_shot, retrieval=self.retrieval,
+                            linear_probe=self.linear_probe, vqa=self.vqa)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -151,6 +151,13 @@ def to_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[s
     return out
 
 
+def from_host(x: np.ndarray, target: jax.sharding.Sharding) -> jax.Array:
+    """A host array that every process holds whole -> a global array with `target` sharding
+    (each device takes its slice; no cross-host transfer)."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
+
+
 def to_host(x: Any) -> np.ndarray:
     """Numpy copy of host data or of a jax Array, gathered from every process if sharded."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:

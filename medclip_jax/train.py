@@ -268,12 +268,14 @@ def check_evaluator_datasets(settings: TrainSettings) -> None:
     field now, not after the first stretch of training)."""
     for name, _ in settings.eval.schedule():
         field = f"config.eval.{name}.datasets"
-        for spec in getattr(settings.eval, name).datasets:
-            entry = sources.parse_mixture(spec, field=field)[0]
-            try:
-                sources.num_records(settings.data.data_dir, entry.name, entry.split)
-            except UserError as e:
-                raise UserError(f"{field}: {spec}: {e}") from None
+        section = getattr(settings.eval, name)
+        for spec in section.datasets:
+            dataset, splits = evaluators.dataset_splits(spec, section, field)
+            for split in splits:
+                try:
+                    sources.num_records(settings.data.data_dir, dataset, split)
+                except UserError as e:
+                    raise UserError(f"{field}: {spec}: {e}") from None
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpointing.Checkpointer]:

@@ -11,13 +11,12 @@ import pytest
 from conftest import tiny_config
 from data_prep_helpers import run_build
 from medclip_jax.evaluation import linear_probe as linear_probe_eval
-from evals import vqa as vqa_eval
 from evals import zero_shot as zero_shot_eval
 from helpers import REPO_ROOT, run_in_process
 from medclip_jax import train
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import fields, model_view, retrieval, zero_shot
+from medclip_jax.evaluation import fields, model_view, retrieval, vqa, zero_shot
 from test_data_prep_pathology import write_lc25000
 from test_zero_shot_multilabel import mimic_data_dir
 
@@ -136,7 +135,7 @@ def test_vqa_runs_on_a_checkpoint_trained_on_either_field(loaded, data_dir, tmp_
     config = eval_config(data_dir)
     config.vqa.datasets = ("synthetic_medical@tiny",)
     config.vqa.epochs = 1
-    results = vqa_eval.evaluate(loaded, data_dir, config)
+    results = vqa.evaluate(loaded, data_dir, config)
     assert results and all("accuracy" in r for r in results.values())
 
 

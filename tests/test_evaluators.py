@@ -14,7 +14,10 @@ def test_evaluation_imports_neither_train_nor_data_prep():
     """Layers import downwards only: a fresh interpreter importing every evaluation module
     must not load `medclip_jax.train` or `data_prep`."""
     folder = os.path.join(ROOT, "medclip_jax", "evaluation")
-    names = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f != "__init__.py")
+    names = sorted(os.path.relpath(os.path.join(parent, f), folder)[:-3].replace(os.sep, ".")
+                   for parent, _, files in os.walk(folder) for f in files if f.endswith(".py"))
+    names = [n.removesuffix(".__init__") for n in names if n != "__init__"]
+    assert "vqa" in names and "vqa.fit" in names
     code = ("import sys\n"
             + "".join(f"import medclip_jax.evaluation.{n}\n" for n in names)
             + "bad = sorted(m for m in sys.modules if m == 'medclip_jax.train' "
@@ -27,12 +30,12 @@ def test_evaluation_imports_neither_train_nor_data_prep():
 
 def test_registry_names_the_evaluators_training_can_schedule():
     from medclip_jax import settings
-    from medclip_jax.evaluation import evaluators, linear_probe, retrieval, zero_shot
+    from medclip_jax.evaluation import evaluators, linear_probe, retrieval, vqa, zero_shot
     from evals import run_suite
-    assert settings.TRAINING_EVALUATORS == ("zero_shot", "retrieval")
-    assert set(settings.TRAINING_EVALUATORS) <= set(evaluators.EVALUATORS)
+    assert settings.TRAINING_EVALUATORS == ("zero_shot", "retrieval", "linear_probe", "vqa")
+    assert set(settings.TRAINING_EVALUATORS) == set(evaluators.EVALUATORS)
     library = {"zero_shot": zero_shot.evaluate, "retrieval": retrieval.evaluate,
-               "linear_probe": linear_probe.evaluate}
+               "linear_probe": linear_probe.evaluate, "vqa": vqa.evaluate}
     for name, evaluate in library.items():
         assert evaluators.get(name) is evaluate
         # The suite runs the same functions (it imports them by module name).
@@ -61,9 +64,12 @@ def test_evaluator_schedule_parses_names_and_intervals():
 @pytest.mark.parametrize("section,message", [
     ({"evaluators": ("zero_shoot",), "zero_shot": {"datasets": ("a/test",)}},
      "config.eval.evaluators: no evaluator 'zero_shoot' in 'zero_shoot'; choose from zero_shot, "
-     "retrieval (did you mean zero_shot?)"),
-    ({"evaluators": ("vqa:10",)}, "config.eval.evaluators: no evaluator 'vqa' in 'vqa:10'; "
-                                  "choose from zero_shot, retrieval"),
+     "retrieval, linear_probe, vqa (did you mean zero_shot?)"),
+    ({"evaluators": ("vqa:10",)},
+     "config.eval.evaluators schedules vqa, but config.eval.vqa.datasets is empty"),
+    ({"vqa": {"fusion": "concat"}}, "config.eval.vqa.fusion must be one of"),
+    ({"linear_probe": {"validation_fraction": 1.5}},
+     "config.eval.linear_probe.validation_fraction must be in (0, 1)"),
     ({"evaluators": ("retrieval:0",), "retrieval": {"datasets": ("a/test",)}},
      "config.eval.evaluators: 'retrieval:0' must be '<name>' or '<name>:<every_steps>' with "
      "every_steps a positive integer"),
@@ -103,9 +109,10 @@ def test_evaluator_scalars_keep_numbers_only():
 @pytest.mark.slow
 def test_in_training_evaluators_equal_the_offline_binaries_on_the_same_step(tiny_data_dir,
                                                                            tmp_path):
-    """Zero-shot and retrieval scheduled in training give the numbers the offline evaluation
-    of that step's checkpoint gives (`evals.zero_shot` / `evals.retrieval` call the same
-    `evaluate` on `model_view.from_checkpoint`)."""
+    """Every evaluator scheduled in training gives the numbers the offline evaluation of that
+    step's checkpoint gives (the `evals/` binaries call the same `evaluate` on
+    `model_view.from_checkpoint`): zero-shot and retrieval on several steps, the linear probe
+    and VQA (a head trained on the features) on the last."""
     import json
 
     import numpy as np
@@ -113,12 +120,15 @@ def test_in_training_evaluators_equal_the_offline_binaries_on_the_same_step(tiny
     from configs import eval as eval_config
     from conftest import tiny_config
     from medclip_jax import train
-    from medclip_jax.evaluation import model_view, retrieval, zero_shot
+    from medclip_jax.evaluation import evaluators, model_view
 
     workdir = str(tmp_path / "run")
     config = tiny_config(tiny_data_dir, max_steps=3, **{
         "eval.every_steps": 0, "checkpoint.every_steps": 2,
-        "eval.evaluators": ("zero_shot:2", "retrieval:1")})
+        "eval.evaluators": ("zero_shot:2", "retrieval:1", "linear_probe:3", "vqa:3")})
+    offline_config = eval_config.get_config("tiny")
+    config.eval.linear_probe = offline_config.linear_probe
+    config.eval.vqa = offline_config.vqa
     train.train_and_evaluate(config, workdir)
     lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
 
@@ -126,25 +136,27 @@ def test_in_training_evaluators_equal_the_offline_binaries_on_the_same_step(tiny
         return {k: v for line in lines if line["step"] == step for k, v in line.items()
                 if k.startswith(name + "/")}
 
-    assert sorted(line["step"] for line in lines if any(k.startswith("retrieval/")
-                                                        for k in line)) == [1, 2, 3]
-    assert sorted(line["step"] for line in lines if any(k.startswith("zero_shot/")
-                                                        for k in line)) == [2, 3]
-    offline_config = eval_config.get_config("tiny")
-    for step in (2, 3):
+    def steps_with(name):
+        return sorted(line["step"] for line in lines if any(k.startswith(name + "/")
+                                                            for k in line))
+
+    assert steps_with("retrieval") == [1, 2, 3] and steps_with("zero_shot") == [2, 3]
+    assert steps_with("linear_probe") == [3] and steps_with("vqa") == [3]
+    for step, names in ((2, ("zero_shot", "retrieval")),
+                        (3, ("zero_shot", "retrieval", "linear_probe", "vqa"))):
         view = model_view.from_checkpoint(workdir, step)
         assert view.step == step
-        for name, evaluate in (("zero_shot", zero_shot.evaluate),
-                               ("retrieval", retrieval.evaluate)):
-            offline = train.evaluator_scalars(name, evaluate(view, tiny_data_dir,
-                                                             offline_config))
+        for name in names:
+            offline = train.evaluator_scalars(
+                name, evaluators.get(name)(view, tiny_data_dir, offline_config))
             online = logged(step, name)
-            assert set(online) == set(offline) and len(offline) > 5
+            assert set(online) == set(offline) and len(offline) > 5, name
             for key, value in offline.items():
                 np.testing.assert_allclose(online[key], value, rtol=1e-5, atol=1e-6,
                                            equal_nan=True, err_msg=f"step {step} {key}")
     assert "synthetic_medical@tiny/test:chest_xray" in " ".join(logged(2, "zero_shot"))
     assert "retrieval/synthetic_medical@tiny/test/i2t_R@1" in logged(1, "retrieval")
+    assert "vqa/synthetic_medical@tiny/test:vqa/accuracy" in logged(3, "vqa")
 
 
 def test_a_missing_evaluator_dataset_fails_at_start_up(tiny_data_dir):
@@ -157,3 +169,10 @@ def test_a_missing_evaluator_dataset_fails_at_start_up(tiny_data_dir):
         train.check_evaluator_datasets(train.validate_config(config))
     train.check_evaluator_datasets(train.validate_config(tiny_config(
         tiny_data_dir, **{"eval.evaluators": ("retrieval:2", "zero_shot")})))
+    # A bare `name[@config]` spec (linear probe, VQA) reads its section's train / test split.
+    vqa = {"eval.evaluators": ("vqa:2",), "eval.vqa.datasets": ("synthetic_medical@tiny",)}
+    train.check_evaluator_datasets(train.validate_config(tiny_config(tiny_data_dir, **vqa)))
+    with pytest.raises(UserError, match=r"^config\.eval\.vqa\.datasets: synthetic_medical@tiny: "
+                                        r".*held_out"):
+        train.check_evaluator_datasets(train.validate_config(tiny_config(
+            tiny_data_dir, **vqa, **{"eval.vqa.test_split": "held_out"})))

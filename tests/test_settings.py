@@ -175,14 +175,14 @@ def test_the_crop_default_is_the_documented_one():
 
 def test_vqa_head_fields_have_one_home():
     from medclip_jax.evaluation import vqa
-    head_fields = {f.name for f in dataclasses.fields(vqa.VqaHead)} - {"num_answers", "parent",
-                                                                        "name"}
+    head_fields = {f.name for f in dataclasses.fields(vqa.head.VqaHead)} - {
+        "num_answers", "parent", "name"}
     assert head_fields <= {f.name for f in dataclasses.fields(settings.VqaSettings)}
-    head = vqa.settings_from_config({}).head(7)
+    head = vqa.head.make_head(vqa.head.settings_from_config({}), 7)
     assert head.num_answers == 7
     for name in head_fields:
         assert getattr(head, name) == getattr(settings.VqaSettings(), name)
-    for field in dataclasses.fields(vqa.VqaHead):  # the module repeats no default
+    for field in dataclasses.fields(vqa.head.VqaHead):  # the module repeats no default
         if field.name in head_fields:
             assert field.default is dataclasses.MISSING, field.name
 

@@ -13,6 +13,7 @@ import pytest
 from conftest import tiny_config
 from data_prep.vqa import normalize_answer
 from helpers import run, subprocess_env
+from medclip_jax import settings as settings_lib
 from medclip_jax import sharding
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import vqa
@@ -29,7 +30,7 @@ def test_expand_image_records_one_example_per_question():
         {"question": [], "answer": [], "answer_type": []},
         {"question": ["Which side?"], "answer": ["Right  Lung"], "answer_type": ["open"]},
     ]
-    q = vqa.expand_image_records(column, "x/train")
+    q = vqa.questions.expand_image_records(column, "x/train")
     assert q.question == ["What is the abnormality?", "Is there a nodule?", "Which side?"]
     assert q.answer == ["nodule", "yes", "right lung"]
     assert q.answer == [normalize_answer(a) for a in ("Nodule.", "YES", "Right  Lung")]
@@ -39,7 +40,7 @@ def test_expand_image_records_one_example_per_question():
 
 
 def test_questions_from_records_share_one_row_per_image():
-    q = vqa.questions_from_records(
+    q = vqa.questions.questions_from_records(
         ["q0", "q1", "q2", "q3", "q4"], ["Yes", "no.", "left", "Yes", "2"],
         ["CLOSED", "closed", "open", "yes/no", "other"], ["a", "b", "a", "c", "b"], "x/test")
     np.testing.assert_array_equal(q.image_row, [0, 1, 0, 2, 1])
@@ -47,20 +48,20 @@ def test_questions_from_records_share_one_row_per_image():
     np.testing.assert_array_equal(q.closed, [True, True, False, True, False])
     assert q.answer == ["yes", "no", "left", "yes", "2"]
     with pytest.raises(UserError, match="answer_type"):
-        vqa.questions_from_records(["q"], ["a"], ["maybe"], ["i"], "x/test")
+        vqa.questions.questions_from_records(["q"], ["a"], ["maybe"], ["i"], "x/test")
 
 
 def test_vocabulary_most_frequent_first_ties_alphabetical_top_n():
     answers = [("no",), ("yes",), ("no",), ("left",), ("yes",), ("right",), ("no",)]
-    assert vqa.build_vocabulary(answers) == ["no", "yes", "left", "right"]
-    assert vqa.build_vocabulary(answers, max_answers=2) == ["no", "yes"]
-    np.testing.assert_array_equal(vqa.answer_index(["yes", "left", "h&e"], ["no", "yes", "left"]),
-                                  [1, 2, -1])
+    assert vqa.questions.build_vocabulary(answers) == ["no", "yes", "left", "right"]
+    assert vqa.questions.build_vocabulary(answers, max_answers=2) == ["no", "yes"]
+    np.testing.assert_array_equal(
+        vqa.questions.answer_index(["yes", "left", "h&e"], ["no", "yes", "left"]), [1, 2, -1])
 
 
 def test_soft_targets_one_hot_and_vqa_min_count_over_three():
     vocab = ["a", "b", "c"]
-    targets = vqa.soft_targets([("a",), ("c",), ("zzz",), ("a", "a", "b"),
+    targets = vqa.questions.soft_targets([("a",), ("c",), ("zzz",), ("a", "a", "b"),
                                 ("b",) * 4 + ("c",) * 6, ("a", "zzz")], vocab)
     expected = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 0], [2 / 3, 1 / 3, 0],
                          [0, 1, 1], [1 / 3, 0, 0]], np.float32)
@@ -80,7 +81,7 @@ def test_accuracy_matches_brute_force_with_unseen_answers_wrong():
     predictions = np.where(rng.random(n) < 0.5, targets, rng.integers(0, 6, n))
     predictions[targets == -1] = rng.integers(0, 6, (targets == -1).sum())
     closed = rng.random(n) < 0.4
-    got = vqa.vqa_accuracy(predictions, targets, closed)
+    got = vqa.scores.vqa_accuracy(predictions, targets, closed)
     hits = {"all": [0, 0], "closed": [0, 0], "open": [0, 0]}
     unseen = 0
     for p, t, c in zip(predictions, targets, closed):
@@ -96,8 +97,9 @@ def test_accuracy_matches_brute_force_with_unseen_answers_wrong():
     assert (got["num_questions"], got["num_closed"], got["num_open"]) == (
         n, hits["closed"][1], hits["open"][1])
     # A prediction "equal" to an unseen target's -1 still counts as wrong.
-    assert vqa.vqa_accuracy(np.array([-1]), np.array([-1]), np.array([True]))["accuracy"] == 0
-    assert vqa.vqa_accuracy(np.array([1]), np.array([1]), np.array([True]))["open_accuracy"] is None
+    accuracy = vqa.scores.vqa_accuracy
+    assert accuracy(np.array([-1]), np.array([-1]), np.array([True]))["accuracy"] == 0
+    assert accuracy(np.array([1]), np.array([1]), np.array([True]))["open_accuracy"] is None
 
 
 def test_majority_baseline_matches_brute_force():
@@ -105,7 +107,7 @@ def test_majority_baseline_matches_brute_force():
     train_closed = np.array([1, 1, 1, 0, 0, 0, 1], bool)
     test = ["yes", "no", "no", "left", "right", "no"]
     test_closed = np.array([1, 1, 1, 0, 0, 1], bool)
-    got = vqa.majority_baseline(train, train_closed, test, test_closed)
+    got = vqa.scores.majority_baseline(train, train_closed, test, test_closed)
     # closed train answers: no x2, yes x2 -> tie broken alphabetically: "no".
     assert got["majority_closed_answer"] == "no"
     assert got["majority_closed_accuracy"] == pytest.approx(3 / 4)
@@ -122,7 +124,7 @@ def test_question_prior_matches_brute_force():
     test_q = list(rng.choice(words, 80))      # q3 never occurs in train
     test_a = [str(rng.choice(["yes", "no", "left", "right"])) for _ in test_q]
     test_closed = rng.random(80) < 0.5
-    got = vqa.question_prior_baseline(train_q, train_a, test_q, test_a, test_closed)
+    got = vqa.scores.question_prior_baseline(train_q, train_a, test_q, test_a, test_closed)
     overall = max(sorted(set(train_a)), key=train_a.count)
     hits = []
     for q, a in zip(test_q, test_a):
@@ -138,7 +140,7 @@ def test_question_prior_matches_brute_force():
 def test_batch_plan_covers_every_position_exactly_once(num, batch):
     counts = np.zeros(num, int)
     shapes = set()
-    for positions, valid in vqa.batch_plan(num, batch):
+    for positions, valid in vqa.fit.batch_plan(num, batch):
         shapes.add(positions.shape)
         np.add.at(counts, positions[valid], 1)
         assert not valid[:0].any() and (positions[~valid] == 0).all()
@@ -181,11 +183,11 @@ def one_device_mesh():
     return sharding.make_mesh({"data": 1, "fsdp": 1}, devices=jax.devices()[:1])
 
 
-def small_settings(**overrides) -> vqa.HeadSettings:
+def small_settings(**overrides) -> settings_lib.VqaSettings:
     values = dict(hidden_dim=16, bilinear_factor=3, num_heads=2, classifier_hidden_dim=32,
                   dropout=0.1, epochs=8, batch_size=40, learning_rate=1e-2, seed=3)
     values.update(overrides)
-    return vqa.settings_from_config(values)
+    return vqa.head.settings_from_config(values)
 
 
 @pytest.mark.parametrize("fusion, queries", [("bilinear", "tokens"),
@@ -193,9 +195,10 @@ def small_settings(**overrides) -> vqa.HeadSettings:
                                              ("cross_attention", "pooled")])
 def test_fusion_logit_shapes_and_padding_tokens_are_ignored(fusion, queries):
     tables, _, vocab = toy_problem(0, 10)
-    head = small_settings(fusion=fusion, question_features=queries).head(len(vocab))
+    settings = small_settings(fusion=fusion, question_features=queries)
+    head = vqa.head.make_head(settings, len(vocab))
     rows = np.arange(7)
-    features = vqa.gather_features(tables, rows, None, None, None)
+    features = vqa.fit.gather_features(tables, rows, None, None, None)
     params = jax.jit(head.init)(jax.random.key(0), features)["params"]
     apply = jax.jit(lambda features: head.apply({"params": params}, features))
     logits = np.asarray(apply(features))
@@ -215,20 +218,20 @@ def test_head_learns_a_separable_toy_problem(fusion):
     train_tables, train_answer, vocab = toy_problem(0, 320)
     test_tables, test_answer, _ = toy_problem(1, 200)
     settings = small_settings(fusion=fusion)
-    head = settings.head(len(vocab))
+    head = vqa.head.make_head(settings, len(vocab))
 
     def accuracy(trainable):
-        predictions = vqa.predict_answers(head, trainable, test_tables, len(test_answer), 40,
-                                          mesh)
+        predictions = vqa.fit.predict_answers(head, trainable, test_tables, len(test_answer),
+                                              40, mesh)
         return float(np.mean(predictions == test_answer))
 
-    untrained = {"head": vqa.init_head(head, train_tables, settings.seed, mesh)}
-    fit = vqa.fit_head(head, settings, train_tables, np.arange(320), mesh)
+    untrained = {"head": vqa.fit.init_head(head, train_tables, settings.seed, mesh)}
+    fit = vqa.fit.fit_head(head, settings, train_tables, np.arange(320), mesh)
     assert fit.epoch_losses[-1] < 0.3 * fit.epoch_losses[0]
     assert accuracy(untrained) < 0.5
     assert accuracy(fit.trainable) > 0.9
     # Deterministic: the same seed gives the same head (batch order and dropout keys).
-    again = vqa.fit_head(head, settings, train_tables, np.arange(320), mesh)
+    again = vqa.fit.fit_head(head, settings, train_tables, np.arange(320), mesh)
     assert again.epoch_losses == fit.epoch_losses
     for a, b in zip(jax.tree.leaves(fit.trainable), jax.tree.leaves(again.trainable)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -238,10 +241,10 @@ def test_head_learns_a_separable_toy_problem(fusion):
 def test_predictions_cover_every_question_once_in_order():
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1})  # 45 questions in sharded batches of 16
     tables, answer, vocab = toy_problem(2, 45)
-    head = small_settings().head(len(vocab))
-    trainable = {"head": vqa.init_head(head, tables, 0, mesh)}
-    got = vqa.predict_answers(head, trainable, tables, len(answer), 16, mesh)
-    features = vqa.gather_features(tables, np.arange(len(answer)), None, None, None)
+    head = vqa.head.make_head(small_settings(), len(vocab))
+    trainable = {"head": vqa.fit.init_head(head, tables, 0, mesh)}
+    got = vqa.fit.predict_answers(head, trainable, tables, len(answer), 16, mesh)
+    features = vqa.fit.gather_features(tables, np.arange(len(answer)), None, None, None)
     host = jax.tree.map(np.asarray, trainable["head"])
     expected = np.argmax(np.asarray(head.apply({"params": host}, features)), -1)
     np.testing.assert_array_equal(got, expected)
@@ -255,8 +258,8 @@ def test_bad_settings_name_the_field():
                           ("max_answers", {"max_answers": -1}), ("dropout", {"dropout": 1.0}),
                           ("learning_rate", {"learning_rate": 0.0})):
         with pytest.raises(UserError, match=f"config.vqa.{field}"):
-            vqa.settings_from_config({**values, "num_heads": 2})
-    vqa.settings_from_config({"hidden_dim": 15, "num_heads": 2})  # bilinear has no heads
+            vqa.head.settings_from_config({**values, "num_heads": 2})
+    vqa.head.settings_from_config({"hidden_dim": 15, "num_heads": 2})  # bilinear has no heads
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +334,6 @@ def test_per_question_records_in_vqa_rad_layout(one_device_model, tmp_path):
     from configs import eval as eval_config
     from data_prep import vqa as vqa_prep
     from data_prep_helpers import run_build, write_image
-    from evals import vqa as vqa_binary
     root = tmp_path / "raw"
     for n, image in enumerate("ABC"):
         write_image(str(root / "VQA_RAD Image Folder" / f"synpic{image}.jpg"), seed=n)
@@ -354,7 +356,7 @@ def test_per_question_records_in_vqa_rad_layout(one_device_model, tmp_path):
     config = eval_config.get_config("tiny")
     config.vqa.update(datasets=("vqa_rad",), batch_size=4, epochs=2)
     config.batch_size = 4
-    metrics = vqa_binary.evaluate(one_device_model, data_dir, config)["vqa_rad/test:vqa"]
+    metrics = vqa.evaluate(one_device_model, data_dir, config)["vqa_rad/test:vqa"]
     assert (metrics["num_questions"], metrics["num_closed"], metrics["num_open"]) == (4, 2, 2)
     assert metrics["num_unseen_answers"] == 1  # "mri"
     assert metrics["num_answers"] == 4         # yes, no, brain, chest
@@ -371,24 +373,23 @@ def test_per_question_records_in_vqa_rad_layout(one_device_model, tmp_path):
 def test_finetuned_image_tower_with_cross_attention(tiny_data_dir, one_device_model):
     """finetune_image: the head trains on the pixels through the image tower, which moves."""
     from configs import eval as eval_config
-    from evals import vqa as vqa_binary
     loaded = one_device_model
     config = eval_config.get_config("tiny")
     config.vqa.update(fusion="cross_attention", epochs=1, finetune_image=True)
-    settings = vqa.settings_from_config(config.vqa)
+    settings = vqa.head.settings_from_config(config.vqa)
     name = "synthetic_medical@tiny"
-    train = vqa_binary.load_questions(tiny_data_dir, name, "test")  # small: 48 images
-    tables = vqa_binary.split_tables(loaded, tiny_data_dir, name, "test", train, settings, 16)
+    train = vqa.questions.load_questions(tiny_data_dir, name, "test")  # small: 48 images
+    tables = vqa.features.split_tables(loaded, tiny_data_dir, name, "test", train, settings, 16)
     assert "pixels" in tables and "image_pooled" not in tables
     assert len(tables["pixels"]) == 48 and len(tables["question_row"]) == len(train)
-    vocab = vqa.build_vocabulary(train.answers)
-    tables["targets"] = vqa.soft_targets(train.answers, vocab)
-    tower = {k: loaded.params[k] for k in vqa.IMAGE_TOWER_KEYS}
-    frozen = {k: v for k, v in loaded.params.items() if k not in vqa.IMAGE_TOWER_KEYS}
+    vocab = vqa.questions.build_vocabulary(train.answers)
+    tables["targets"] = vqa.questions.soft_targets(train.answers, vocab)
+    tower, frozen, encoder = vqa.finetuned_tower(loaded)
+    assert set(tower) == set(vqa.fit.IMAGE_TOWER_KEYS) and not set(tower) & set(frozen)
     before = jax.tree.map(np.asarray, tower)
-    fit = vqa.fit_head(settings.head(len(vocab)), settings, tables, np.arange(48),
-                       loaded.mesh, tower=tower, frozen=frozen,
-                       image_encoder=vqa.clip_image_encoder(loaded.model))
+    fit = vqa.fit.fit_head(vqa.head.make_head(settings, len(vocab)), settings, tables,
+                           np.arange(48), loaded.mesh, tower=tower, frozen=frozen,
+                           image_encoder=encoder)
     after = jax.tree.map(np.asarray, fit.trainable["tower"])
     moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before),
                                                     jax.tree.leaves(after))]
@@ -396,4 +397,4 @@ def test_finetuned_image_tower_with_cross_attention(tiny_data_dir, one_device_mo
     assert np.isfinite(fit.epoch_losses).all()
     with pytest.raises(UserError, match="config.vqa.datasets"):
         config.vqa.datasets = ("synthetic_medical@tiny/test",)
-        vqa_binary.evaluate(loaded, tiny_data_dir, config)
+        vqa.evaluate(loaded, tiny_data_dir, config)

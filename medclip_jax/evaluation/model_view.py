@@ -75,9 +75,11 @@ def embed_texts(view: ModelView, texts: Sequence[str], global_batch_size: int) -
     return out["text_emb"]
 
 
-def embed_split_images(view: ModelView, data_dir: str, name: str, split: str,
-                       global_batch_size: int, image_field: str = "image") -> np.ndarray:
-    """[N, E] image embeddings of every record of a split, in record order.
+def embed_split(view: ModelView, data_dir: str, name: str, split: str, global_batch_size: int,
+                image_field: str = "image", *, images: bool = True, tokens: bool = False,
+                pixels: bool = False, records: np.ndarray | None = None
+                ) -> dict[str, np.ndarray]:
+    """`embed.embed_batches` over a split's images (every record, or the sorted `records`).
 
     Reads only the split's `image_field` (and ids): the training config sets the image
     preprocessing, never which fields are read (`medclip_jax.evaluation.fields`).
@@ -89,5 +91,12 @@ def embed_split_images(view: ModelView, data_dir: str, name: str, split: str,
         global_batch_size=global_batch_size, process_index=jax.process_index(),
         process_count=jax.process_count(), data_config=view.train_config.data,
         image_field=image_field)
-    return embed.embed_batches(view.model, view.params, batches, view.mesh,
-                               texts=False)["image_emb"]
+    return embed.embed_batches(view.model, view.params, batches, view.mesh, images=images,
+                               texts=False, tokens=tokens, pixels=pixels, records=records)
+
+
+def embed_split_images(view: ModelView, data_dir: str, name: str, split: str,
+                       global_batch_size: int, image_field: str = "image") -> np.ndarray:
+    """[N, E] image embeddings of every record of a split, in record order."""
+    return embed_split(view, data_dir, name, split, global_batch_size,
+                       image_field)["image_emb"]

@@ -30,6 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from medclip_jax import sharding as sharding_lib
 from medclip_jax.errors import UserError
 from medclip_jax.models import presets
 
@@ -179,7 +180,7 @@ def place_like(old: Any, new: Any, where: str) -> Any:
     sharding = getattr(old, "sharding", None)
     if sharding is None:
         return new
-    return jax.make_array_from_callback(new.shape, sharding, lambda index: new[index])
+    return sharding_lib.from_host(new, sharding)
 
 
 def replace_subtree(old: Any, new: Any, where: str) -> Any:
