@@ -200,7 +200,7 @@ def make_train_step(tx: optax.GradientTransformation, schedule: optax.Schedule,
         method_state = update_method_state(state.method_state, jax.lax.stop_gradient(outputs))
         metrics = {**metrics, "loss": loss, "logit_scale": outputs.logit_scale,
                    "learning_rate": schedule(state.step), "grad_norm": optax.tree.norm(grads)}
-        if outputs.logit_bias is not None:
+        if getattr(outputs, "logit_bias", None) is not None:
             metrics["logit_bias"] = outputs.logit_bias
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                              method_state=method_state), metrics

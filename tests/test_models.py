@@ -324,3 +324,17 @@ def test_presets_build():
         assert isinstance(build_model(model_config(size)), DualEncoder)
     # "eos" pooling with a BERT tower is allowed (the [SEP] token).
     build_model(tiny_config("bert", "eos"))
+
+
+def test_outputs_extras_absent_ones_raise_unless_read_as_optional():
+    """A misspelt extra must not read as "absent": attribute access raises naming what is
+    there; getattr with a default is the explicit optional read."""
+    from medclip_jax.models.dual_encoder import EncoderOutputs
+    zeros = np.zeros((2, 4), np.float32)
+    outputs = EncoderOutputs(zeros, zeros, zeros[:, None], zeros[:, None], zeros.astype(np.int32),
+                             np.float32(1.0), extras={"itm_logits": zeros})
+    assert outputs.itm_logits is zeros
+    with pytest.raises(AttributeError, match=r"no extra 'itm_logts' \(extras: itm_logits\)"):
+        outputs.itm_logts  # noqa: B018
+    assert getattr(outputs, "logit_bias", None) is None
+    assert outputs.with_extras(logit_bias=zeros[0]).logit_bias is not None

@@ -45,7 +45,7 @@ def read_caption_hash(outputs: Any, duplicate_captions: bool) -> jax.Array | Non
     """`outputs.caption_hash` [N, 2] when the option is on (it must be there), else None."""
     if not duplicate_captions:
         return None
-    if outputs.caption_hash is None:
+    if getattr(outputs, "caption_hash", None) is None:
         raise UserError("config.loss.duplicate_captions=True needs the batch's caption_hash, "
                         "which the train input pipeline makes (data.pipeline.BatchLoader)")
     return outputs.caption_hash

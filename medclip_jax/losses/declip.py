@@ -184,7 +184,7 @@ def nns_loss(images: jax.Array, texts: jax.Array, logit_scale: jax.Array, queue:
 
 
 def _field(outputs, name: str, knob: str) -> jax.Array:
-    value = getattr(outputs, name)
+    value = getattr(outputs, name, None)
     if value is None:
         raise UserError(f"config.loss.{knob} > 0 needs outputs.{name}, which the model and the "
                         f"input pipeline did not produce")

@@ -74,7 +74,7 @@ def check_outputs(name: str, kwargs: Mapping[str, Any], outputs: Any) -> None:
     method = get(name)
     sources = {"caption_hash": CAPTION_HASH_SOURCE, **method.produced_by}
     for field in sorted(required_outputs(method, kwargs)):
-        if getattr(outputs, field) is None:
+        if getattr(outputs, field, None) is None:
             raise UserError(f"config.method={name!r} with these config.loss values needs the "
                             f"model output {field!r}; set {sources.get(field, '?')}")
 

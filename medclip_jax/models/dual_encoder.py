@@ -31,8 +31,10 @@ class EncoderOutputs:
 
     `extras` holds what the method's heads computed and the batch entries its loss reads
     (`caption_hash` [B, 2] int32, DeCLIP's `mlm_labels`, ...), each documented by the method
-    that makes it; `outputs.<name>` reads an extra, None when absent. Every non-scalar extra
-    has the batch first.
+    that makes it. `outputs.<name>` reads an extra that must be there (an absent one raises,
+    naming those present, so a misspelt name cannot pass as "absent");
+    ``getattr(outputs, name, None)`` reads one that may be absent. Every non-scalar extra has
+    the batch first.
     """
     image_emb: jax.Array     # [B, E] float32, projected pooled image features
     text_emb: jax.Array      # [B, E] float32, projected pooled text features
@@ -45,7 +47,11 @@ class EncoderOutputs:
     def __getattr__(self, name: str) -> Any:
         if name == "extras" or name.startswith("_"):
             raise AttributeError(name)
-        return self.extras.get(name)
+        if name not in self.extras:
+            raise AttributeError(f"EncoderOutputs has no extra {name!r} (extras: "
+                                 f"{', '.join(sorted(self.extras)) or 'none'}); "
+                                 f"getattr(outputs, {name!r}, None) reads an optional one")
+        return self.extras[name]
 
     def with_extras(self, **values: jax.Array) -> "EncoderOutputs":
         return self.replace(extras={**self.extras, **values})
