@@ -37,13 +37,22 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+#: Exit code of a run stopped by Ctrl-C outside the training loop (128 + SIGINT).
+INTERRUPTED_EXIT_CODE = 130
+
+
 def run_user_main(main: Callable[[], None]) -> None:
-    """Runs `main`; a UserError becomes one line on stderr and exit code 2."""
+    """Runs `main`; a UserError becomes one line on stderr and exit code 2, a Ctrl-C that
+    nothing caught (start-up, evaluation) one line and exit code 130."""
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); nothing was saved by this command after its last "
+              "checkpoint", file=sys.stderr, flush=True)
+        sys.exit(INTERRUPTED_EXIT_CODE)
 
 
 def run_app(main: Callable[[list[str]], None], default_config: str | None = None) -> None:

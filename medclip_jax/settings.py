@@ -329,16 +329,20 @@ class MeshSettings(Section):
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointSettings(Section):
-    """``config.checkpoint``: save interval and how many checkpoints to keep."""
+    """``config.checkpoint``: save interval, how many checkpoints to keep, and when the
+    workdir lock of a vanished run counts as stale (`medclip_jax.workdir_lock`)."""
     PATH: ClassVar[str] = "config.checkpoint"
     every_steps: int = 200
     max_to_keep: int = 3
+    lock_stale_s: float = 120.0
 
     def check(self) -> None:
         if self.every_steps < 1:
             self.fail("every_steps", "a positive integer")
         if self.max_to_keep < 1:
             self.fail("max_to_keep", "a positive integer")
+        if not self.lock_stale_s >= 30:
+            self.fail("lock_stale_s", "a number of seconds >= 30 (3 lock heartbeats)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from medclip_jax import checkpointing, methods, models, optim, preemption, sharding
+from medclip_jax import (checkpointing, methods, models, optim, preemption, sharding,
+                         workdir_lock)
 from medclip_jax.data import pipeline, sources, tokenizers
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import embed, evaluators, fields, model_view, retrieval
@@ -428,8 +429,18 @@ def log_train_metrics(writer: MetricWriter, progress: Progress, pending: list[di
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (resuming if the workdir has checkpoints) and returns the final state.
 
-    Stops early, after saving a checkpoint, when the job receives SIGTERM.
+    Stops early, after saving a checkpoint, when the job receives SIGTERM or Ctrl-C; holds
+    the workdir lock (`workdir_lock`) throughout, so a second trainer there refuses to start.
     """
+    lock_stale_s = validate_config(config).checkpoint.lock_stale_s
+    with workdir_lock.hold(workdir, lock_stale_s) as release_lock:
+        return train_locked(config, workdir, release_lock)
+
+
+def train_locked(config: ml_collections.ConfigDict, workdir: str,
+                 release_lock: Callable[[], None]) -> TrainState:
+    """`train_and_evaluate`'s body, inside the workdir lock (`release_lock` frees it before
+    an abort by a second Ctrl-C)."""
     run, checkpointer = setup(config, workdir)
     config, settings = run.config, run.settings
     writer = MetricWriter(workdir)
@@ -440,7 +451,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     progress = Progress(run.total_steps, start_step, settings.batch_size)
     compile_start = time.perf_counter()
     pending = []
-    with preemption.PreemptionWatcher() as watcher:
+    with preemption.PreemptionWatcher(on_abort=release_lock) as watcher:
         for step in range(start_step, run.total_steps):
             local_batch = next(run.data_iter)
             batch = sharding.to_global_batch(model_inputs(local_batch, config.method),
@@ -462,13 +473,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 print(f"step {done} validation: " +
                       " ".join(f"{k[4:]} {v:.4f}" for k, v in val.items()), flush=True)
             run_evaluators(run, state, writer, done, last)
-            stop = done % settings.log_every_steps == 0 and watcher.should_stop()
+            # One process checks every step for free; several agree at log steps (all-gather).
+            check = jax.process_count() == 1 or done % settings.log_every_steps == 0
+            stop = check and watcher.should_stop()
             if stop or done % settings.checkpoint.every_steps == 0 or last:
                 checkpointer.save(done, state.params, rest_of_state(state), config.to_dict(),
                                   run.data_iter)
             if stop:
-                print(f"Stopped by SIGTERM at step {done}; checkpoint saved. Re-run the same "
-                      f"command to resume.", flush=True)
+                print(f"Stopped by {watcher.signal_name or 'a signal to another process'} at "
+                      f"step {done}; checkpoint saved. Re-run the same command to resume.",
+                      flush=True)
                 break
     checkpointer.close()
     writer.close()
