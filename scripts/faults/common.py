@@ -113,8 +113,9 @@ def wait_for_line(process: subprocess.Popen, needle: str, timeout: float = 300) 
         line = process.stdout.readline()
         if not line:
             if process.poll() is not None:
+                tail = "".join(lines)[-1500:] + process.stderr.read()[-1500:]
                 raise NotHeld(f"the process ended ({process.returncode}) before printing "
-                              f"{needle!r}: {''.join(lines)[-1500:]}{process.stderr.read()[-1500:]}")
+                              f"{needle!r}: {tail}")
             continue
         lines.append(line)
         if needle in line:

@@ -1,0 +1,62 @@
+"""Multi-process jobs: a process dies; the survivor must stop quickly, in one line."""
+
+import subprocess
+import time
+
+import portpicker
+
+from faults import Case
+from faults.common import REPO_ROOT, NotHeld, Scratch, checkpoint_steps, env, wait_for_line
+
+PEER_TIMEOUT_S = 10
+
+
+def start_pair(scratch: Scratch, workdir: str, *overrides: str) -> list[subprocess.Popen]:
+    port = portpicker.pick_unused_port()
+    extra = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+    return [subprocess.Popen(
+        scratch.train_args(workdir, *overrides, f"--coordinator_address=localhost:{port}",
+                           "--num_processes=2", f"--process_id={i}",
+                           f"--peer_timeout_s={PEER_TIMEOUT_S}"),
+        cwd=REPO_ROOT, env=env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True) for i in range(2)]
+
+
+def kill_one(scratch: Scratch, victim: int) -> None:
+    """Kills process `victim` mid-run. Process 0 is not a victim here: its death ends the
+    others from inside JAX (see `medclip_jax.peer_watch`)."""
+    workdir = scratch.path("run")
+    pair = start_pair(scratch, workdir, "--config.max_steps=100000",
+                      "--config.num_epochs=100000", "--config.eval.every_steps=0",
+                      "--config.checkpoint.every_steps=3")
+    survivor = pair[1 - victim]
+    try:
+        wait_for_line(pair[0], "step 4/", timeout=400)
+        pair[victim].kill()
+        start = time.monotonic()
+        _, err = survivor.communicate(timeout=PEER_TIMEOUT_S + 120)
+        took = time.monotonic() - start
+    finally:
+        for p in pair:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    with open(scratch.path("survivor.stderr"), "w", encoding="utf-8") as f:
+        f.write(err)
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    if survivor.returncode != 75 or len(lines) != 1 or "Check failure" in err:
+        raise NotHeld(f"survivor exit {survivor.returncode} after {took:.0f} s, stderr ending "
+                      f"{err[-1200:]!r}")
+    if f"lost process {victim} of this 2-process job" not in lines[0]:
+        raise NotHeld(f"the line does not name process {victim}: {lines[0]!r}")
+    if took > PEER_TIMEOUT_S + 30:
+        raise NotHeld(f"the survivor took {took:.0f} s (--peer_timeout_s={PEER_TIMEOUT_S})")
+    if not checkpoint_steps(workdir):
+        raise NotHeld("no checkpoint to resume from")
+
+
+CASES = [
+    Case("lost_worker_process", True, lambda scratch: kill_one(scratch, 1),
+         "when a process dies, the others exit 75 within --peer_timeout_s with one line naming "
+         "it; re-running every process resumes"),
+]
