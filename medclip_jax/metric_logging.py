@@ -6,6 +6,7 @@ Only process 0 writes files; every process may print.
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Mapping
 
@@ -26,6 +27,21 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported lazily (only process 0 needs it) and without
+    PyTorch: tensorboardX imports torch when it can, only to accept torch tensors, and that
+    import costs every trainer ~3 s at start-up. Scalars written here are Python floats."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which it handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     """Writes scalar metrics keyed by step to every sink at once."""
 
@@ -36,8 +52,7 @@ class MetricWriter:
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-            from tensorboardX import SummaryWriter  # Imported lazily: only process 0 needs it.
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = summary_writer_class()(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
         values = {f"{prefix}{k}": _to_float(v) for k, v in scalars.items()}
