@@ -15,10 +15,12 @@ checkpoint that does not match the config (other tensor shapes, another process 
 not damage: it stays a plain `UserError` and nothing is moved.
 """
 
+import gc
 import logging
 import os
 import re
 import sys
+import time
 import traceback
 from typing import Any, Callable, Mapping
 
@@ -126,6 +128,8 @@ def _is_failed_read_aftermath(error: BaseException | None) -> bool:
     are in flight: each then reports "Event loop is closed" or its own read error (as an
     unraisable exception, or an asyncio "exception was never retrieved" log record), dozens
     of tracebacks after the one line already printed."""
+    if not (_READS_IN_PROGRESS[0] or _FAILED_READS):
+        return False
     if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
         return True
     return _raised_in_orbax(error) or any(path in str(error) for path in _FAILED_READS)
@@ -133,23 +137,44 @@ def _is_failed_read_aftermath(error: BaseException | None) -> bool:
 
 class _DropFailedReadAftermath(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and _is_failed_read_aftermath(record.exc_info[1]))
+        drop = bool(record.exc_info) and _is_failed_read_aftermath(record.exc_info[1])
+        _AFTERMATH_REPORTS[0] += drop
+        return not drop
 
 
-#: The item folders whose read failed in this process (their late reports are dropped).
+def _wait_for_failed_read_to_settle(quiet_s: float = 0.3, limit_s: float = 5.0) -> None:
+    """Waits (at most `limit_s`) until the failed item's in-flight reads have reported: one
+    reporting after the interpreter began to exit would bypass the hook and print."""
+    start = last_change = time.monotonic()
+    seen = -1
+    while time.monotonic() - start < limit_s:
+        gc.collect()
+        if _AFTERMATH_REPORTS[0] != seen:
+            seen, last_change = _AFTERMATH_REPORTS[0], time.monotonic()
+        elif time.monotonic() - last_change >= quiet_s:
+            return
+        time.sleep(0.05)
+
+
+#: The item folders whose read failed in this process (their late reports are dropped),
+#: whether a read is under way (a report may come before its exception reaches `_read`),
+#: and how many reports were dropped.
 _FAILED_READS: set[str] = set()
+_READS_IN_PROGRESS = [0]
+_AFTERMATH_REPORTS = [0]
 
 
-def _silence_failed_read_aftermath(item_dir: str) -> None:
-    """Drops those reports from now on (installed only once a read has failed); anything
-    else still reaches the previous hook and the asyncio log."""
-    _FAILED_READS.add(item_dir)
+def _drop_failed_read_aftermath() -> None:
+    """Drops those reports while a read is under way and once one has failed; anything else
+    still reaches the previous hook and the asyncio log."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_failed_read_aftermath", False):
         return
 
     def hook(unraisable: Any) -> None:
-        if not _is_failed_read_aftermath(unraisable.exc_value):
+        if _is_failed_read_aftermath(unraisable.exc_value):
+            _AFTERMATH_REPORTS[0] += 1
+        else:
             previous(unraisable)
 
     hook.drops_failed_read_aftermath = True
@@ -161,13 +186,18 @@ def _read(manager: ocp.CheckpointManager, step: int, item: str, read: Callable[[
           ) -> Any:
     """`read()`, an Orbax read of one item; whatever it raises (Orbax and TensorStore raise
     plain Exception, ValueError, KeyError for damaged files) becomes `DamagedCheckpoint`."""
+    _drop_failed_read_aftermath()
+    _READS_IN_PROGRESS[0] += 1
     try:
         return read()
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 -- only around the read itself
-        _silence_failed_read_aftermath(os.path.join(_step_dir(manager, step), item))
+        _FAILED_READS.add(os.path.join(_step_dir(manager, step), item))
+        _wait_for_failed_read_to_settle()
         raise DamagedCheckpoint(step, item, _short_reason(e)) from None
+    finally:
+        _READS_IN_PROGRESS[0] -= 1
 
 
 def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
