@@ -304,26 +304,42 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
         config, model, mesh, total_steps,
         jax.random.fold_in(jax.random.key(run_settings.seed), 0), run_settings.optim)
 
-    data_iter = pipeline.make_train_iterator(
-        run_settings.data, image_size=config.model.image.image_size,
-        max_len=config.model.text.max_len, tokenizer=tokenizer, global_batch_size=batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        seed=run_settings.seed)
+    def make_data_iter() -> Iterator:
+        return pipeline.make_train_iterator(
+            run_settings.data, image_size=config.model.image.image_size,
+            max_len=config.model.text.max_len, tokenizer=tokenizer,
+            global_batch_size=batch_size, process_index=jax.process_index(),
+            process_count=jax.process_count(), seed=run_settings.seed)
 
+    data_iter = make_data_iter()
     checkpointer = checkpointing.Checkpointer(workdir,
                                               max_to_keep=run_settings.checkpoint.max_to_keep)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                                     sharding=x.sharding), state)
-        params, rest = checkpointer.restore(latest, abstract_state.params,
-                                            rest_of_state(abstract_state), data_iter)
-        state = TrainState(step=rest["step"], params=params, opt_state=rest["opt_state"],
-                           method_state=rest["method_state"])
+    if checkpointer.latest_step() is not None:
+        state, data_iter = resume(checkpointer, state, data_iter, make_data_iter)
 
     run = Run(config=config, settings=run_settings, mesh=mesh, model=model, tokenizer=tokenizer,
               state=state, train_step=train_step, total_steps=total_steps, data_iter=data_iter)
     return run, checkpointer
+
+
+def resume(checkpointer: checkpointing.Checkpointer, state: TrainState, data_iter: Iterator,
+           make_data_iter: Callable[[], Iterator]) -> tuple[TrainState, Iterator]:
+    """The state and data position of the newest readable checkpoint. Damaged ones (unreadable
+    items, NaN or Inf values) are moved aside with one line each; with none left, the fresh
+    `state` and a fresh iterator (a damaged step's data item may have been read into
+    `data_iter`)."""
+    abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                 sharding=x.sharding), state)
+    restored = checkpointer.restore_newest_readable(
+        abstract_state.params, rest_of_state(abstract_state), data_iter,
+        report=lambda line: print(line, flush=True))
+    if restored is None:
+        print(f"No readable checkpoint left in {checkpointer.directory}: training from "
+              f"scratch", flush=True)
+        return state, make_data_iter()
+    _, params, rest = restored
+    return TrainState(step=rest["step"], params=params, opt_state=rest["opt_state"],
+                      method_state=rest["method_state"]), data_iter
 
 
 def step_rng(seed: int, step: int) -> jax.Array:
@@ -409,15 +425,36 @@ def run_evaluators(run: Run, state: TrainState, writer: MetricWriter, done: int,
         print(f"step {done} {name}: {headline} ({time.perf_counter() - start:.1f}s)", flush=True)
 
 
+def divergence_error(what: str, done: int, checkpointer: checkpointing.Checkpointer
+                     ) -> UserError:
+    """The one line that stops a diverged run, naming the last good checkpoint (every saved
+    one is finite: `Checkpointer.save` refuses NaN/Inf). Closes the checkpointer first, so
+    that the step it names is on disk."""
+    checkpointer.close()
+    latest = checkpointer.latest_step()
+    good = (f"the last good checkpoint is step {latest}" if latest is not None
+            else "no checkpoint was saved before it")
+    return UserError(f"training diverged: {what} at step {done}; {good} (lower "
+                     f"config.optim.learning_rate, or use float32)")
+
+
+def save_checkpoint(checkpointer: checkpointing.Checkpointer, done: int, state: TrainState,
+                    config: ml_collections.ConfigDict, data_iter: Iterator) -> None:
+    """Saves the state after step `done`; a state holding NaN or Inf is not saved and stops
+    the run (checked on the devices, at save time only)."""
+    try:
+        checkpointer.save(done, state.params, rest_of_state(state), config.to_dict(), data_iter)
+    except checkpointing.NonFiniteState as e:
+        raise divergence_error(f"{e.tensor} holds NaN or Inf (not saved)", done,
+                               checkpointer) from None
+
+
 def log_train_metrics(writer: MetricWriter, progress: Progress, pending: list[dict], done: int,
                       total_steps: int, checkpointer: checkpointing.Checkpointer) -> None:
     """Averages the metrics since the last log line, writes them, and stops on divergence."""
     logged = jax.tree.map(lambda *xs: np.mean([np.asarray(x) for x in xs]), *pending)
     if not np.isfinite(logged["loss"]):
-        checkpointer.close()
-        raise UserError(f"training diverged: the loss is {logged['loss']} at step {done}; the "
-                        f"last good checkpoint is step {checkpointer.latest_step()} (lower "
-                        f"config.optim.learning_rate, or use float32)")
+        raise divergence_error(f"the loss is {logged['loss']}", done, checkpointer)
     values = writer.write(done, {**logged, **progress.report(done)}, prefix="train/")
     print(f"step {done}/{total_steps} loss {values['train/loss']:.4f} "
           f"lr {values['train/learning_rate']:.2e} scale {values['train/logit_scale']:.2f} "
@@ -477,8 +514,7 @@ def train_locked(config: ml_collections.ConfigDict, workdir: str,
             check = jax.process_count() == 1 or done % settings.log_every_steps == 0
             stop = check and watcher.should_stop()
             if stop or done % settings.checkpoint.every_steps == 0 or last:
-                checkpointer.save(done, state.params, rest_of_state(state), config.to_dict(),
-                                  run.data_iter)
+                save_checkpoint(checkpointer, done, state, config, run.data_iter)
             if stop:
                 print(f"Stopped by {watcher.signal_name or 'a signal to another process'} at "
                       f"step {done}; checkpoint saved. Re-run the same command to resume.",

@@ -34,7 +34,9 @@ class ModelView:
 def from_checkpoint(workdir: str, step: int | None = None,
                     mesh_axes: dict[str, int] | None = None) -> ModelView:
     """Rebuilds the model from the config saved with the checkpoint and restores its params
-    (`step` None = the latest; `mesh_axes` None = the training config's mesh)."""
+    (`step` None = the latest; `mesh_axes` None = the training config's mesh). A damaged
+    step, or params holding NaN/Inf, is one `UserError` line naming the step and the item
+    (or tensor) and the other steps `--step` can pick (`checkpointing.restore_params`)."""
     config_dict, step = checkpointing.restore_config(workdir, step)
     train_config = ml_collections.ConfigDict(config_dict)
     train_config.model = presets.saved_model_config(train_config.model, train_config.method)
