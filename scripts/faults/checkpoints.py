@@ -12,7 +12,6 @@ import glob
 import os
 import re
 import shutil
-import subprocess
 import sys
 from typing import Callable
 
