@@ -112,9 +112,22 @@ class BadRecordLog:
         return {METRIC: self.total} if self.enabled else {}
 
 
+def ends_mid_line(path: str) -> bool:
+    size = os.path.getsize(path)
+    if not size:
+        return False
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        return f.read(1) != b"\n"
+
+
 def append_lines(path: str, events: Iterable[Mapping[str, Any]]) -> None:
+    """Appends one line per event; a line cut short by a crash is ended first, so it does
+    not swallow the next event."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
+        if ends_mid_line(path):
+            f.write("\n")
         for event in events:
             f.write(json.dumps(dict(event), sort_keys=True) + "\n")
         f.flush()

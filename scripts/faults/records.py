@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 from faults import Case
@@ -36,8 +37,8 @@ def record_at(position: int, seed: int = 0) -> int:
     return int(pipeline.record_stream([TINY_TRAIN], [1.0], seed)[position][1])
 
 
-def truncate_image(shard: str, index: int) -> None:
-    """Rewrites one record of an ArrayRecord shard with its image bytes cut in half (a PNG
+def truncate_image(shard: str, *indices: int) -> None:
+    """Rewrites records of an ArrayRecord shard with their image bytes cut in half (a PNG
     truncated in transfer), keeping the shard's writer options and every other record."""
     import_repo()
     from array_record.python import array_record_module
@@ -45,10 +46,11 @@ def truncate_image(shard: str, index: int) -> None:
     reader = array_record_module.ArrayRecordReader(shard)
     options, records = reader.writer_options_string(), reader.read_all()
     reader.close()
-    example = tf_example_pb2.Example.FromString(records[index])
-    image = example.features.feature["image"].bytes_list.value
-    image[0] = image[0][:len(image[0]) // 2]
-    records[index] = example.SerializeToString()
+    for index in indices:
+        example = tf_example_pb2.Example.FromString(records[index])
+        image = example.features.feature["image"].bytes_list.value
+        image[0] = image[0][:len(image[0]) // 2]
+        records[index] = example.SerializeToString()
     writer = array_record_module.ArrayRecordWriter(shard, options)
     for record in records:
         writer.write(record)
@@ -90,18 +92,20 @@ def bad_record_fails_in_one_line(scratch: Scratch) -> None:
                           "config.data.on_bad_record='skip'")
 
 
-def expect_reported(workdir: str, record: int) -> None:
-    """bad_records.jsonl holds the record once, at BAD_STEP; the metric counts it from then."""
+def expect_reported(workdir: str, record: int, visits: list[tuple[int, int]],
+                    total_steps: int) -> None:
+    """bad_records.jsonl holds the record once per (position, step) visit; the metric counts
+    the visits up to each step."""
     lines = read_jsonl(os.path.join(workdir, "bad_records.jsonl"))
-    wanted = {"dataset": "synthetic_medical@tiny", "split": "train", "record": record,
-              "position": BAD_POSITION, "step": BAD_STEP}
-    if len(lines) != 1 or any(lines[0].get(k) != v for k, v in wanted.items()) or \
-            "truncated" not in lines[0].get("reason", ""):
-        raise NotHeld(f"bad_records.jsonl should hold one line like {wanted}, holds {lines}")
+    got = [(e.get("dataset"), e.get("split"), e.get("record"), e.get("position"), e.get("step"))
+           for e in lines]
+    wanted = [("synthetic_medical@tiny", "train", record, p, s) for p, s in visits]
+    if got != wanted or not all("truncated" in e.get("reason", "") for e in lines):
+        raise NotHeld(f"bad_records.jsonl should hold {wanted}, holds {lines}")
     counts = {m["step"]: m["train/bad_records"]
               for m in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
               if "train/bad_records" in m}
-    expected = {s: int(s >= BAD_STEP) for s in range(1, 7)}
+    expected = {step: sum(s <= step for _, s in visits) for step in range(1, total_steps + 1)}
     if counts != expected:
         raise NotHeld(f"train/bad_records by step should be {expected}, is {counts}")
 
@@ -112,38 +116,59 @@ def bad_record_skipped_and_reported(scratch: Scratch) -> None:
     result = run(train_args(scratch, data_dir, workdir, "--config.max_steps=6",
                             "--config.data.on_bad_record=skip", *QUICK))
     expect_success(result, "step 6/6", f"step {BAD_STEP}/6 ", "bad_records 1")
-    expect_reported(workdir, record)
+    expect_reported(workdir, record, [(BAD_POSITION, BAD_STEP)], 6)
+
+
+def visits(record: int, steps: int) -> list[tuple[int, int]]:
+    """(position, step) of every visit of a record in the first `steps` steps (seed 0)."""
+    import_repo()
+    from medclip_jax.data import pipeline
+    stream = pipeline.record_stream([TINY_TRAIN], [1.0], 0)
+    return [(p, p // BATCH + 1) for p in range(steps * BATCH) if stream[p][1] == record]
+
+
+def kill_between_saves(process: subprocess.Popen, workdir: str, after_step: int,
+                       saved: int, timeout: float = 60) -> None:
+    """SIGKILL once step `after_step` has run and checkpoint `saved` is on disk."""
+    wait_for_line(process, f"step {after_step}/")
+    deadline = time.monotonic() + timeout
+    while saved not in checkpoint_steps(workdir) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    send(process, signal.SIGKILL)
 
 
 def resume_after_skip_is_exact(scratch: Scratch) -> None:
-    """SIGKILL after the bad step was logged but before its next checkpoint: the resumed run
-    meets the bad record again, replaces it the same way (params bit-identical to an
-    uninterrupted run) and neither writes its line twice nor counts it twice."""
+    """SIGKILL after a bad record's step was logged but before the next checkpoint: the
+    resumed run meets the record again, replaces it the same way (params bit-identical to an
+    uninterrupted run), and neither writes its line twice nor counts it twice."""
     import_repo()
     import numpy as np
     from helpers import final_params
-    data_dir, record = bad_data_dir(scratch)
-    args = ("--config.max_steps=6", "--config.data.on_bad_record=skip",
-            "--config.checkpoint.every_steps=4", *QUICK)
+    bad_step, total, every = 8, 18, 6    # saves at 6, 12, 18; the second epoch's visit at 8
+    data_dir, record = bad_data_dir(scratch, (bad_step - 1) * BATCH + 3)
+    args = (f"--config.max_steps={total}", f"--config.num_epochs={total * BATCH / TINY_TRAIN}",
+            "--config.data.on_bad_record=skip", f"--config.checkpoint.every_steps={every}",
+            *QUICK)
     reference = scratch.path("reference")
-    expect_success(run(train_args(scratch, data_dir, reference, *args)), "step 6/6")
+    expect_success(run(train_args(scratch, data_dir, reference, *args)), f"step {total}/")
+    expected = visits(record, total)
 
     workdir = scratch.path("killed")
     process = subprocess.Popen(train_args(scratch, data_dir, workdir, *args), cwd=REPO_ROOT,
                                env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
     try:
-        wait_for_line(process, f"step {BAD_STEP}/6 ")
-        send(process, signal.SIGKILL)
+        kill_between_saves(process, workdir, bad_step, every)
     finally:
         process.wait(timeout=60)
-    if checkpoint_steps(workdir)[-1:] != [4] or not read_jsonl(
-            os.path.join(workdir, "bad_records.jsonl")):
+    logged = [e["step"] for e in read_jsonl(os.path.join(workdir, "bad_records.jsonl"))]
+    if checkpoint_steps(workdir) != [every] or bad_step not in logged:
         raise NotHeld(f"the kill did not land between the bad step and the next save "
-                      f"(checkpoints {checkpoint_steps(workdir)}); rerun the case")
+                      f"(checkpoints {checkpoint_steps(workdir)}, logged steps {logged}); "
+                      f"rerun the case")
     expect_success(run(train_args(scratch, data_dir, workdir, *args)),
-                   "Resumed from checkpoint at step 4", "step 6/6 ", "bad_records 1")
-    expect_reported(workdir, record)
+                   f"Resumed from checkpoint at step {every}", f"step {total}/{total} ")
+    expect_reported(workdir, record, expected, total)
     got, want = final_params(workdir), final_params(reference)
     different = [k for k in want if not np.array_equal(got[k], want[k])]
     if different:
