@@ -276,6 +276,10 @@ class MlmSettings(Section):
             self.fail("selection", f"one of {', '.join(SELECTIONS)}")
 
 
+#: ``config.data.on_bad_record``: stop at an unreadable training record, or replace it.
+BAD_RECORD_POLICIES = ("fail", "skip")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSettings(Section):
     """``config.data``: the input pipeline (`medclip_jax.data.pipeline`)."""
@@ -296,8 +300,11 @@ class DataSettings(Section):
     text_views: int = 0
     text_view_drop_prob: float = 0.1
     mlm: MlmSettings = section_field(MlmSettings)
+    on_bad_record: str = "fail"
 
     def check(self) -> None:
+        if self.on_bad_record not in BAD_RECORD_POLICIES:
+            self.fail("on_bad_record", f"one of {', '.join(BAD_RECORD_POLICIES)}")
         if min(self.std) <= 0:
             self.fail("std", "3 values > 0")
         for name in ("read_threads", "prefetch_batches", "worker_processes", "image_views",

@@ -19,8 +19,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from medclip_jax import (checkpointing, methods, models, optim, preemption, sharding,
-                         workdir_lock)
+from medclip_jax import (bad_records, checkpointing, methods, models, optim, preemption,
+                         sharding, workdir_lock)
 from medclip_jax.data import pipeline, sources, tokenizers
 from medclip_jax.errors import UserError
 from medclip_jax.evaluation import embed, evaluators, fields, model_view, retrieval
@@ -449,18 +449,40 @@ def save_checkpoint(checkpointer: checkpointing.Checkpointer, done: int, state: 
                                checkpointer) from None
 
 
+def next_batch(data_iter: Iterator, checkpointer: checkpointing.Checkpointer) -> dict:
+    """The next local batch; on a data error (a bad record) the in-flight checkpoint save is
+    finished first, so the run ends with the one-line error and no Orbax traceback."""
+    try:
+        return next(data_iter)
+    except UserError:
+        checkpointer.close()
+        raise
+
+
+def bad_record_log(workdir: str, settings: TrainSettings, start_step: int
+                   ) -> bad_records.BadRecordLog:
+    """``bad_records.jsonl`` and the ``train/bad_records`` count (``on_bad_record="skip"``)."""
+    return bad_records.BadRecordLog(
+        workdir, start_step, enabled=settings.data.on_bad_record == "skip",
+        writer=jax.process_index() == 0, log_every_steps=settings.log_every_steps,
+        checkpoint_every_steps=settings.checkpoint.every_steps)
+
+
 def log_train_metrics(writer: MetricWriter, progress: Progress, pending: list[dict], done: int,
-                      total_steps: int, checkpointer: checkpointing.Checkpointer) -> None:
-    """Averages the metrics since the last log line, writes them, and stops on divergence."""
+                      total_steps: int, checkpointer: checkpointing.Checkpointer,
+                      extra: dict[str, float] | None = None) -> None:
+    """Averages the metrics since the last log line, writes them (with `extra`, e.g. the bad
+    record count), and stops on divergence."""
     logged = jax.tree.map(lambda *xs: np.mean([np.asarray(x) for x in xs]), *pending)
     if not np.isfinite(logged["loss"]):
         raise divergence_error(f"the loss is {logged['loss']}", done, checkpointer)
-    values = writer.write(done, {**logged, **progress.report(done)}, prefix="train/")
+    values = writer.write(done, {**logged, **progress.report(done), **(extra or {})},
+                          prefix="train/")
     print(f"step {done}/{total_steps} loss {values['train/loss']:.4f} "
           f"lr {values['train/learning_rate']:.2e} scale {values['train/logit_scale']:.2f} "
           f"{values['train/pairs_per_s']:.0f} pairs/s "
           f"{values['train/step_time_s'] * 1000:.0f} ms/step "
-          f"eta {format_duration(values['train/eta_s'])}", flush=True)
+          f"eta {format_duration(values['train/eta_s'])}{bad_records.note(values)}", flush=True)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -488,9 +510,10 @@ def train_locked(config: ml_collections.ConfigDict, workdir: str,
     progress = Progress(run.total_steps, start_step, settings.batch_size)
     compile_start = time.perf_counter()
     pending = []
+    bad_log = bad_record_log(workdir, settings, start_step)
     with preemption.PreemptionWatcher(on_abort=release_lock) as watcher:
         for step in range(start_step, run.total_steps):
-            local_batch = next(run.data_iter)
+            local_batch = next_batch(run.data_iter, checkpointer)
             batch = sharding.to_global_batch(model_inputs(local_batch, config.method),
                                              run.mesh)
             state, metrics = run.train_step(state, batch, step_rng(settings.seed, step))
@@ -502,8 +525,10 @@ def train_locked(config: ml_collections.ConfigDict, workdir: str,
                 progress = Progress(run.total_steps, done, settings.batch_size)
             pending.append(metrics)
             last = done == run.total_steps
+            bad_log.record(local_batch, done, last)
             if done % settings.log_every_steps == 0 or last:
-                log_train_metrics(writer, progress, pending, done, run.total_steps, checkpointer)
+                log_train_metrics(writer, progress, pending, done, run.total_steps, checkpointer,
+                                  bad_log.scalars())
                 pending = []
             if settings.eval.every_steps > 0 and (done % settings.eval.every_steps == 0 or last):
                 val = writer.write(done, validate(run, state), prefix="val/")

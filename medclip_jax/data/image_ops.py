@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
-from medclip_jax.errors import UserError
+from medclip_jax.errors import BadRecordError, UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -80,7 +80,8 @@ def decode_pil(data: bytes, where: str, min_side: int | None = None) -> Image.Im
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBomb...
         reason = ("not a recognised image format" if isinstance(e, UnidentifiedImageError)
                   else f"{type(e).__name__}: {e}")
-        raise UserError(f"cannot decode the image of {where}: {reason}") from e
+        raise BadRecordError(f"cannot decode the image of {where}: {reason}", where, reason
+                             ) from e
 
 
 def decoded_size(data: bytes, min_side: int | None) -> tuple[int, int]:

@@ -76,6 +76,20 @@ missing from the config takes its default, an unknown one fails):
 * ``mlm.enabled`` [False], ``mlm.mask_prob`` [0.15], ``mlm.max_predictions`` [20] per example,
   ``mlm.selection`` [``bernoulli``]: ``"bernoulli"`` (per-token) or ``"fixed"`` (BERT's
   script); needs a tokenizer with a mask token.
+* ``on_bad_record`` [``fail``]: what a training record that cannot be read, parsed or decoded
+  (`errors.BadRecordError`) does: ``"fail"`` stops with one line naming the dataset, split and
+  record; ``"skip"`` replaces it (see below). Train only: an eval set with a bad record always
+  fails, since skipping would change a metric's denominator silently.
+
+Bad records with ``on_bad_record="skip"``: the record at stream position p is replaced by
+record ``rng([seed, REPLACE_TAG, p, attempt]).integers(len(source))`` of the same source
+(attempt 0, 1, ...), and the replacement gets position p's augmentation. The replacement is a
+function of (seed, p) only, like everything else in a batch, so a resumed run and any process
+count see the same batch. After `MAX_REPLACEMENT_TRIES` bad draws in a row the run stops
+with one line (the dataset is mostly corrupt). Such train batches add ``bad_records``: a tuple
+of one dict per record replaced in this local batch (`bad_record_event`: dataset, path, split,
+record, id, reason, position), in row order, so the processes' tuples concatenate to the
+global batch's; ``index`` holds the replacement's record index.
 """
 
 import functools
@@ -90,7 +104,7 @@ from PIL import Image
 
 from medclip_jax.data import image_ops, sources, text_ops
 from medclip_jax.data.tokenizers import Tokenizer
-from medclip_jax.errors import UserError
+from medclip_jax.errors import BadRecordError, UserError
 from medclip_jax.settings import DataSettings
 
 SHUFFLE_TAG = 0x5EED
@@ -98,6 +112,9 @@ AUGMENT_TAG = 0xA06
 VIEW_TAG = 0x71E3
 TEXT_VIEW_TAG = 0x7E47
 MLM_TAG = 0x3A5C
+REPLACE_TAG = 0xBAD0
+#: Replacement draws for one bad record before the run stops (a split that is all bad).
+MAX_REPLACEMENT_TRIES = 16
 
 
 DataConfig = ml_collections.ConfigDict | DataSettings | None
@@ -255,6 +272,20 @@ class TextExtras:
         return batch
 
 
+def replacement_index(seed: int, position: int, attempt: int, num_records: int) -> int:
+    """The record that replaces a bad one at a stream position: (seed, position, attempt) only."""
+    return int(np.random.default_rng([seed, REPLACE_TAG, position, attempt]).integers(num_records))
+
+
+def bad_record_event(source: sources.RecordSource, record_index: int, record_id: Any,
+                     reason: str, position: int) -> dict[str, Any]:
+    """One replaced record, as reported in ``bad_records.jsonl`` (the trainer adds the step);
+    `record_id` is None when the record could not even be parsed."""
+    return {"dataset": source.name, "path": source.path, "split": source.split,
+            "record": int(record_index), "id": record_id, "reason": reason,
+            "position": int(position)}
+
+
 def pick_caption(caption: Any, rng: np.random.Generator | None) -> str:
     """A caption field may hold several captions: a random one in training, else the first."""
     if not isinstance(caption, (list, tuple)):
@@ -270,7 +301,8 @@ class BatchLoader:
     Train: `stream` maps a position to (source, record). Eval (`stream=None`): position = record
     index of the only source, and positions past its end become padding (``valid=False``).
     Each record's randomness comes from (seed, position), so it does not depend on the
-    process count. `image_views` / `text_extras` (train only) add the SLIP / DeCLIP inputs.
+    process count. `image_views` / `text_extras` (train only) add the SLIP / DeCLIP inputs;
+    `on_bad_record` (train only) is ``config.data.on_bad_record``.
     `fields` is (image field, caption field); a caption field of None reads images only (the
     batches then have no ``text_ids`` / ``text_mask``).
     """
@@ -280,7 +312,11 @@ class BatchLoader:
                  tokenizer: Tokenizer | None, max_len: int, fields: tuple[str, str | None],
                  seed: int, global_batch: int,
                  process_index: int, process_count: int,
-                 image_views: ImageViews | None = None, text_extras: TextExtras | None = None):
+                 image_views: ImageViews | None = None, text_extras: TextExtras | None = None,
+                 on_bad_record: str = "fail"):
+        if on_bad_record == "skip" and stream is None:
+            raise ValueError("eval batches never skip bad records")
+        self.on_bad_record = on_bad_record
         self.sources = list(record_sources)
         self.stream = stream
         self.settings = settings
@@ -300,38 +336,74 @@ class BatchLoader:
             return self.stream[position]
         return (0, position) if position < len(self.sources[0]) else None
 
+    def decode(self, data: bytes, where: str) -> tuple[Image.Image, Image.Image | None]:
+        """(main image, view image or None) decoded; BadRecordError if the bytes are bad."""
+        if self.views is None:
+            return image_ops.decode_pil(data, where, self.settings.min_side), None
+        decoded, view_source = image_ops.decode_pil_shared(
+            data, where, [self.settings.min_side, self.views.min_side])
+        return decoded, view_source
+
+    def read_or_replace(self, source_index: int, record_index: int, position: int
+                        ) -> tuple[int, dict[str, Any], tuple[Image.Image, Image.Image | None],
+                                   list[dict[str, Any]]]:
+        """(record index read, its record, `decode`'s result, the bad records replaced on
+        the way).
+
+        With ``on_bad_record="fail"`` a bad record raises; with ``"skip"`` it is replaced by a
+        draw that depends on (seed, position, attempt) only (see the module docstring).
+        """
+        source = self.sources[source_index]
+        bad: list[dict[str, Any]] = []
+        for attempt in range(MAX_REPLACEMENT_TRIES + 1):
+            record = {}
+            try:
+                record = source[record_index]
+                where = source.where(record_index, record.get("id"))
+                return record_index, record, self.decode(record[self.image_field], where), bad
+            except BadRecordError as e:
+                if self.on_bad_record != "skip":
+                    if self.stream is None:  # eval: no skipping (see the module docstring)
+                        raise
+                    raise BadRecordError(
+                        f"{e} (config.data.on_bad_record='skip' replaces bad training "
+                        f"records)", e.where, e.reason) from e
+                if record_index not in {event["record"] for event in bad}:
+                    bad.append(bad_record_event(source, record_index, record.get("id"),
+                                                e.reason, position))
+                last = e
+            record_index = replacement_index(self.seed, position, attempt, len(source))
+        raise UserError(
+            f"config.data.on_bad_record='skip': the record at stream position {position} and "
+            f"{MAX_REPLACEMENT_TRIES} replacements drawn from {source.path} split "
+            f"{source.split} are all bad (last: {last.where}: {last.reason}); is the dataset "
+            f"mostly corrupt?")
+
     def example(self, position: int
-                ) -> tuple[np.ndarray, np.ndarray | None, str, int, int]:
-        """uint8 image, uint8 views (or None), caption, record and source index at a position."""
+                ) -> tuple[np.ndarray, np.ndarray | None, str, int, int, list[dict[str, Any]]]:
+        """uint8 image, uint8 views (or None), caption, record and source index at a position,
+        and the bad records replaced to get there."""
         located = self.locate(position)
         size = self.settings.size
         if located is None:
             views = (np.zeros((self.views.count, size, size, 3), np.uint8)
                      if self.views is not None else None)
-            return np.zeros((size, size, 3), np.uint8), views, "", -1, 0
+            return np.zeros((size, size, 3), np.uint8), views, "", -1, 0, []
         source_index, record_index = located
-        source = self.sources[source_index]
-        record = source[record_index]
+        record_index, record, (decoded, view_source), bad = self.read_or_replace(
+            source_index, record_index, position)
         rng = (np.random.default_rng([self.seed, AUGMENT_TAG, position])
                if self.settings.train else None)
-        where = source.where(record_index, record.get("id"))
-        data = record[self.image_field]
-        views = None
-        if self.views is not None:
-            decoded, view_source = image_ops.decode_pil_shared(
-                data, where, [self.settings.min_side, self.views.min_side])
-            views = self.views(view_source, self.seed, position)
-        else:
-            decoded = image_ops.decode_pil(data, where, self.settings.min_side)
+        views = self.views(view_source, self.seed, position) if self.views is not None else None
         image = self.settings.transform(decoded, rng)
         caption = (pick_caption(record[self.caption_field], rng)
                    if self.caption_field is not None else "")
-        return image, views, caption, record_index, source_index
+        return image, views, caption, record_index, source_index, bad
 
     def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
         start = int(batch_index) * self.global_batch + self.process_index * self.local_batch
         positions = range(start, start + self.local_batch)
-        images, views, captions, index, source = zip(*(self.example(p) for p in positions))
+        images, views, captions, index, source, bad = zip(*(self.example(p) for p in positions))
         mean, std = self.settings.mean, self.settings.std
         batch = {"image": image_ops.normalize(np.stack(images), mean, std),
                  "index": np.asarray(index, np.int64), "source": np.asarray(source, np.int32)}
@@ -346,6 +418,8 @@ class BatchLoader:
             batch["caption_hash"] = text_ops.caption_hashes(captions)
         if self.stream is None:
             batch["valid"] = batch["index"] >= 0
+        if self.on_bad_record == "skip":
+            batch["bad_records"] = tuple(event for row in bad for event in row)
         return batch
 
 
@@ -358,7 +432,8 @@ def open_sources(data_dir: str, entries: Sequence[sources.MixtureEntry],
         available = sources.read_builder(path).info.features.keys()
         wanted = [f for f in fields if f is not None]
         source = sources.RecordSource(path, entry.split,
-                                      [*wanted, *(["id"] if "id" in available else [])])
+                                      [*wanted, *(["id"] if "id" in available else [])],
+                                      entry.name)
         if len(source) == 0:
             raise UserError(f"dataset {path} split {entry.split} has no records")
         opened.append(source)
@@ -393,7 +468,8 @@ def train_dataset(data_config: DataConfig, *, image_size: int, max_len: int,
     stream = record_stream(lengths, sources.mixture_weights(entries, lengths), seed)
     loader = BatchLoader(record_sources, stream, settings, tokenizer, max_len, fields, seed,
                          global_batch_size, process_index, process_count,
-                         image_views=image_views, text_extras=text_extras)
+                         image_views=image_views, text_extras=text_extras,
+                         on_bad_record=data.on_bad_record)
     batches = grain.MapDataset.range(sys.maxsize // global_batch_size).map(loader)
     return batches_to_iter(batches, data, use_workers=True)
 
@@ -432,6 +508,7 @@ def make_eval_iterator(data_dir: str, name: str, split: str, *, image_size: int,
     `data_config`'s training fields: `data_config` only sets the image normalisation and the
     reader threads. With ``text_field=None`` (the default) batches hold images only; with a
     text field (a list field gives its first caption) they add ``text_ids`` / ``text_mask``.
+    A bad record fails with one line naming it, whatever ``config.data.on_bad_record`` says.
     """
     data = data_settings(data_config)
     local_batch_size(global_batch_size, process_index, process_count)

@@ -25,7 +25,10 @@ expressions work. Each serialized ``tf.train.Example`` is then parsed by us (TFD
 module). Flat fields (Image, Text, scalars) are read straight from the proto, about 30x faster
 than TFDS's generic numpy parser, which we fall back to for nested fields (Sequence, tensors).
 Images stay encoded bytes: `image_ops.decode_image` decodes them, so a corrupt image is reported
-with its dataset folder, split, record index and id.
+with its dataset folder, split, record index and id. A record that cannot be read (a corrupt
+ArrayRecord chunk), parsed or decoded raises `errors.BadRecordError`, which training may skip
+(``config.data.on_bad_record``); other problems (a missing split, a truncated TFRecord shard)
+are plain `UserError`s.
 """
 
 import dataclasses
@@ -36,7 +39,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from medclip_jax.errors import UserError
+from medclip_jax.errors import BadRecordError, UserError
 
 DEFAULT_MIXTURE_FIELD = "config.data.train_mixture"
 ANNOTATION_FIELDS = ("id", "caption", "captions", "label", "modality", "class_name")
@@ -190,13 +193,16 @@ class RecordSource:
 
     Images come back as encoded bytes, text as str, scalars as Python numbers, nested fields
     as TFDS gives them with text decoded. `len()` and `[i]` make it a grain data source.
+    `name` is the ``dataset[@config]`` it was opened by (for reports; the folder if not given).
     """
 
-    def __init__(self, path: str, split: str, fields: Sequence[str] | None = None):
+    def __init__(self, path: str, split: str, fields: Sequence[str] | None = None,
+                 name: str | None = None):
         import tensorflow_datasets as tfds
         from medclip_jax.data import tfrecord
         self.path = path
         self.split = split
+        self.name = name or path
         builder = read_builder(path)
         self.info = builder.info
         self.features = builder.info.features
@@ -230,11 +236,11 @@ class RecordSource:
         return len(self.records)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickles as (path, split, fields): worker processes reopen the files themselves."""
-        return {"path": self.path, "split": self.split, "fields": self.fields}
+        """Pickles as (path, split, fields, name): worker processes reopen the files themselves."""
+        return {"path": self.path, "split": self.split, "fields": self.fields, "name": self.name}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["split"], state["fields"])
+        self.__init__(state["path"], state["split"], state["fields"], state["name"])
 
     def where(self, index: int, record_id: Any = None) -> str:
         """A location for error messages: dataset folder, split, record index and id."""
@@ -242,7 +248,16 @@ class RecordSource:
         return f"{self.path} split {self.split} record {index}{suffix}"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.parse(self.records[int(index)], int(index))
+        return self.parse(self.read(int(index)), int(index))
+
+    def read(self, index: int) -> bytes:
+        """One serialized record; a corrupt ArrayRecord chunk (RuntimeError) is a bad record."""
+        try:
+            return self.records[index]
+        except RuntimeError as e:
+            reason = f"unreadable: {e}"
+            raise BadRecordError(f"cannot read {self.where(index)}: {reason}",
+                                 self.where(index), reason) from e
 
     def get_many(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Batched read (one ArrayRecord call; TFRecord reads in turn), for scanning splits."""
@@ -270,13 +285,15 @@ class RecordSource:
                 out.update({name: bytes_to_str(full[name]) for name in slow})
             return out
         except Exception as e:
-            raise UserError(f"cannot parse {self.where(index)}: {type(e).__name__}: {e}") from e
+            reason = f"{type(e).__name__}: {e}"
+            raise BadRecordError(f"cannot parse {self.where(index)}: {reason}",
+                                 self.where(index), reason) from e
 
 
 def open_source(data_dir: str, name: str, split: str,
                 fields: Sequence[str] | None = None) -> RecordSource:
     """The records of ``<data_dir>/<dataset>[/<config>]/<version>``, split `split`."""
-    return RecordSource(dataset_dir(data_dir, name), split, fields)
+    return RecordSource(dataset_dir(data_dir, name), split, fields, name)
 
 
 def to_array(values: list[Any]) -> np.ndarray:
