@@ -10,9 +10,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def subprocess_env(num_devices: int = 1, **extra: str) -> dict[str, str]:
+    """The environment of a binary a test starts: `num_devices` fake CPU devices, plus the XLA
+    flags conftest.py set for the tests (its compile-time settings)."""
     env = dict(os.environ)
+    inherited = " ".join(flag for flag in env.get("XLA_FLAGS", "").split()
+                         if not flag.startswith("--xla_force_host_platform_device_count"))
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT, PYTHONUNBUFFERED="1",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices} {inherited}".strip())
     env.update(extra)
     return env
 
