@@ -1,8 +1,10 @@
 """Shared test helpers: finite differences, and running the real binaries as subprocesses."""
 
+import importlib.util
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 
@@ -93,3 +95,27 @@ def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
         down[idx] -= eps
         grad[idx] = (f(up) - f(down)) / (2 * eps)
     return grad
+
+
+class LazyModule(types.ModuleType):
+    """Stands for the module of its name and imports it at the first public attribute asked
+    for. Private names do not import: pytest probes every module-level object for some
+    (`__test__`, `_pytestfixturefunction`, ...) while collecting."""
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def lazy_import_or_skip(name: str) -> types.ModuleType:
+    """`name`, imported at its first use; the calling module is skipped when it is not
+    installed (as with pytest.importorskip).
+
+    For modules whose tests are all in the slow tier: collection imports every test module in
+    every pytest process, and torch/open_clip cost seconds each there although the fast tier
+    then deselects every test that uses them."""
+    import pytest
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"could not import {name!r}", allow_module_level=True)
+    return LazyModule(name)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from helpers import lazy_import_or_skip
 from medclip_jax import train
 from medclip_jax.errors import UserError
 from medclip_jax.models.text import BertTextEncoder
@@ -15,8 +16,8 @@ from medclip_jax.pretrained import hf_bert, init as init_lib
 # PyTorch parity and training from imported weights: the slow tier.
 pytestmark = pytest.mark.slow
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = lazy_import_or_skip("torch")
+transformers = lazy_import_or_skip("transformers")
 
 # Sized like the `tiny` preset's text tower (width 32, depth 2, 2 heads, MLP 64, 16 tokens).
 TINY_BERT = dict(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

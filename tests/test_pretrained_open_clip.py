@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from helpers import lazy_import_or_skip
 from medclip_jax import train
 from medclip_jax.errors import UserError
 from medclip_jax.models import presets
 from medclip_jax.pretrained import init as init_lib
 from medclip_jax.pretrained import openclip
 
-torch = pytest.importorskip("torch")
-open_clip = pytest.importorskip("open_clip")
-transformers = pytest.importorskip("transformers")
-from safetensors.torch import save_file  # noqa: E402
+torch = lazy_import_or_skip("torch")
+open_clip = lazy_import_or_skip("open_clip")
+transformers = lazy_import_or_skip("transformers")
 
 # PyTorch parity and training from imported weights: the slow tier.
 pytestmark = pytest.mark.slow
@@ -49,6 +49,7 @@ def perturb(model) -> None:
 
 
 def save_folder(model, model_cfg: dict, folder: str) -> str:
+    from safetensors.torch import save_file
     os.makedirs(folder, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(folder, "open_clip_model.safetensors"))
