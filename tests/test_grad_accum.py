@@ -35,7 +35,11 @@ def test_accumulated_grads_equal_full_batch_grads():
     np.testing.assert_allclose(loss_4, loss_1, rtol=1e-6)
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(grads_1)[0],
                             jax.tree.leaves(grads_4)):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6,
+        # Float32 rounding of a sum scales with the summed terms: the absolute floor is taken
+        # relative to the leaf's largest gradient (text pos_embed: ~6, an element off by 2e-6
+        # when the tests compile at -O0).
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * max(1.0, np.abs(a).max()),
                                    err_msg=jax.tree_util.keystr(path))
     assert float(np.abs(np.asarray(grads_1["logit_scale"]))) > 0
 

@@ -16,11 +16,14 @@ class NotHeld(AssertionError):
 
 
 def env(num_devices: int = 1, **extra: str) -> dict[str, str]:
-    """The binaries' environment: CPU, `num_devices` fake devices, the repo importable, the
-    compilation cache of the test suite when it is set."""
+    """The binaries' environment: CPU, `num_devices` fake devices, the repo importable, and
+    the test suite's compilation cache and XLA flags when it runs the cases."""
     out = dict(os.environ)
+    inherited = " ".join(flag for flag in out.get("XLA_FLAGS", "").split()
+                         if not flag.startswith("--xla_force_host_platform_device_count"))
     out.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT, PYTHONUNBUFFERED="1",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices} "
+                         f"{inherited}".strip())
     out.update(extra)
     return out
 
