@@ -6,6 +6,7 @@ optimizer -> resume from the latest checkpoint, if any -> train loop (log, valid
 state donated.
 """
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -449,13 +450,15 @@ def save_checkpoint(checkpointer: checkpointing.Checkpointer, done: int, state: 
                                checkpointer) from None
 
 
-def next_batch(data_iter: Iterator, checkpointer: checkpointing.Checkpointer) -> dict:
-    """The next local batch; on a data error (a bad record) the in-flight checkpoint save is
-    finished first, so the run ends with the one-line error and no Orbax traceback."""
+@contextlib.contextmanager
+def saves_finished_on_error(checkpointer: checkpointing.Checkpointer) -> Iterator[None]:
+    """A UserError leaving the loop (a bad train or eval record, ...) first lets the checkpoint
+    save in flight finish: exiting under it ends in an Orbax "cannot schedule new futures
+    after shutdown" traceback after the one-line error."""
     try:
-        return next(data_iter)
+        yield
     except UserError:
-        checkpointer.close()
+        checkpointer.wait_until_finished()
         raise
 
 
@@ -511,9 +514,10 @@ def train_locked(config: ml_collections.ConfigDict, workdir: str,
     compile_start = time.perf_counter()
     pending = []
     bad_log = bad_record_log(workdir, settings, start_step)
-    with preemption.PreemptionWatcher(on_abort=release_lock) as watcher:
+    with preemption.PreemptionWatcher(on_abort=release_lock) as watcher, \
+            saves_finished_on_error(checkpointer):
         for step in range(start_step, run.total_steps):
-            local_batch = next_batch(run.data_iter, checkpointer)
+            local_batch = next(run.data_iter)
             batch = sharding.to_global_batch(model_inputs(local_batch, config.method),
                                              run.mesh)
             state, metrics = run.train_step(state, batch, step_rng(settings.seed, step))

@@ -57,15 +57,16 @@ def truncate_image(shard: str, *indices: int) -> None:
     writer.close()
 
 
-def bad_data_dir(scratch: Scratch, position: int = BAD_POSITION) -> tuple[str, int]:
-    """A copy of the tiny dataset whose train record at `position` (seed 0) is truncated;
-    (data_dir, record index)."""
+def bad_data_dir(scratch: Scratch, position: int = BAD_POSITION, split: str = "train"
+                 ) -> tuple[str, int]:
+    """A copy of the tiny dataset whose train record at `position` (seed 0) is truncated, or
+    record `position` of another split; (data_dir, record index)."""
     data_dir = scratch.path("tfds")
     if not os.path.isdir(data_dir):
         shutil.copytree(scratch.data_dir, data_dir)
-    record = record_at(position)
+    record = record_at(position) if split == "train" else position
     shard, = glob.glob(os.path.join(data_dir, "synthetic_medical", "tiny", "*",
-                                    "synthetic_medical-train.array_record-*"))
+                                    f"synthetic_medical-{split}.array_record-*"))
     truncate_image(shard, record)
     return data_dir, record
 
@@ -90,6 +91,17 @@ def bad_record_fails_in_one_line(scratch: Scratch) -> None:
     expect_one_line_error(result, "synthetic_medical/tiny/1.0.0 split train",
                           f"record {record} ", "image file is truncated",
                           "config.data.on_bad_record='skip'")
+
+
+def bad_eval_record_fails_in_one_line(scratch: Scratch) -> None:
+    """In-training validation never skips: one line, even with on_bad_record=skip."""
+    data_dir, record = bad_data_dir(scratch, 3, split="validation")
+    result = run(train_args(scratch, data_dir, scratch.path("run"), "--config.max_steps=6",
+                            "--config.eval.every_steps=4", "--config.data.on_bad_record=skip"))
+    line = expect_one_line_error(result, "synthetic_medical/tiny/1.0.0 split validation",
+                                 f"record {record} ", "image file is truncated")
+    if "on_bad_record" in line:
+        raise NotHeld(f"an eval record is never skipped, yet the line suggests it: {line!r}")
 
 
 def expect_reported(workdir: str, record: int, visits: list[tuple[int, int]],
@@ -183,6 +195,9 @@ CASES = [
     Case("bad_record_skipped_and_reported", False, bad_record_skipped_and_reported,
          "with config.data.on_bad_record=skip the record is replaced, training completes, and "
          "bad_records.jsonl and the train/bad_records metric report it"),
+    Case("bad_eval_record_fails_in_one_line", False, bad_eval_record_fails_in_one_line,
+         "a bad record in the validation split stops training with one line naming it (exit "
+         "2), whatever config.data.on_bad_record says: eval sets are never skipped"),
     Case("resume_after_skip_is_exact", False, resume_after_skip_is_exact,
          "a run that skipped bad records resumes to bit-identical params, without duplicate "
          "lines in bad_records.jsonl"),
