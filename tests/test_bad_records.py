@@ -193,3 +193,20 @@ def test_log_is_silent_when_not_skipping(tmp_path):
     assert quiet.scalars() == {} and not os.listdir(tmp_path)
     assert bad_records.note({"train/bad_records": 0.0}) == ""
     assert bad_records.note({"train/bad_records": 2.0}) == " bad_records 2"
+
+
+def test_skip_replaces_a_tfrecord_record_with_a_bad_crc(tiny_data_dir, tmp_path):
+    """A TFRecord build: a record whose data fails its CRC is a bad record too (the shard's
+    index is intact), replaced by the same draw as in an ArrayRecord build."""
+    from test_tfrecord import convert_data_dir, corrupt
+    data_dir = convert_data_dir(tiny_data_dir, str(tmp_path / "tfrecord"))
+    bad = record_at(BAD_POSITION)
+    corrupt(data_dir, "train", bad, "data")
+    with pytest.raises(BadRecordError, match="data CRC mismatch"):
+        take(train_iter(data_config(data_dir, **PLAIN), batch=BATCH), 4)
+    batches = take(train_iter(data_config(data_dir, on_bad_record="skip", **PLAIN),
+                              batch=BATCH), 4)
+    replacement = int(np.random.default_rng([0, 0xBAD0, BAD_POSITION, 0]).integers(TINY_TRAIN))
+    assert batches[2]["index"][BAD_POSITION % BATCH] == replacement
+    event, = batches[2]["bad_records"]
+    assert event["record"] == bad and "data CRC mismatch" in event["reason"]

@@ -21,7 +21,7 @@ from tensorflow_datasets.proto import tf_example_pb2
 
 from helpers import REPO_ROOT, run, subprocess_env
 from medclip_jax.data import pipeline, sources, tfrecord
-from medclip_jax.errors import UserError
+from medclip_jax.errors import BadRecordError, UserError
 from test_pipeline import (MAX_LEN, SIZE, TINY, TOKENIZER, assert_batches_equal, data_config,
                            take, train_iter)
 from test_zero_shot_multilabel import tiny_checkpoint
@@ -265,6 +265,9 @@ def test_corruption_names_shard_and_record(tfrecord_data_dir, tmp_path, where, p
     prefix = (f"TFRecord shard {path}: record 7 of the shard = record 5 of split "
               f"'validation[2:]': ")
     assert message.startswith(prefix) and re.fullmatch(problem, message[len(prefix):]), message
+    # A record whose data is corrupt is a bad record (training may skip it); a damaged shard
+    # structure is not.
+    assert isinstance(error.value, BadRecordError) == (where == "data")
     if where == "data":  # the index is intact: only that record fails
         assert source[4]["id"] and source[6]["id"]
 

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import google_crc32c
 import numpy as np
 
-from medclip_jax.errors import UserError
+from medclip_jax.errors import BadRecordError, UserError
 
 HEADER = struct.Struct("<QI")  # length, masked CRC of the length bytes
 FOOTER = struct.Struct("<I")  # masked CRC of the data
@@ -248,8 +248,10 @@ class TFRecordSource:
         record = shard.skip + index - int(self.starts[k])
         fd, offsets, lengths = self.shard_index(k)
         data, problem = read_record(fd, int(offsets[record]), int(lengths[record]))
-        if data is None:
-            raise shard_error(shard, record, self.split, problem)
+        if data is None:  # the shard's index is intact: only this record is bad (skippable)
+            message = str(shard_error(shard, record, self.split, problem))
+            raise BadRecordError(message, f"TFRecord shard {shard.path} record {record}",
+                                 problem)
         return data
 
     def __getitems__(self, indices: Sequence[int]) -> list[bytes]:
