@@ -589,8 +589,7 @@ class ValidationSettings(Section):
         """The `EvalSettings` the scheduled evaluators read (what the binaries parse from the
         eval config)."""
         return EvalSettings(batch_size=self.batch_size or train_batch_size, fields=self.fields,
-                            zero_shot=self.zero_shot, retrieval=self.retrieval,
-                            linear_probe=self.linear_probe, vqa=self.vqa)
+                            **{name: getattr(self, name) for name in TRAINING_EVALUATORS})
 
 
 @dataclasses.dataclass(frozen=True)
