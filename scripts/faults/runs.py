@@ -53,15 +53,27 @@ def stale_lock_is_taken_over(scratch: Scratch) -> None:
         raise NotHeld("the lock was not released at the end of the run")
 
 
-def sigint_saves_and_resumes(scratch: Scratch) -> None:
-    workdir = scratch.path("run")
+def interrupt(scratch: Scratch, workdir: str, times: int
+              ) -> tuple[subprocess.Popen, str, str, float]:
+    """A long run sent `times` Ctrl-C (20 ms apart) after its third step; (process, stdout,
+    stderr, seconds from the last signal to its exit)."""
     process = scratch.start_train(workdir, *LONG_RUN)
     try:
         wait_for_line(process, "step 3/")
-        send(process, signal.SIGINT)
+        for i in range(times):
+            if i:
+                time.sleep(0.02)
+            send(process, signal.SIGINT)
+        start = time.monotonic()
         out, err = process.communicate(timeout=120)
+        return process, out, err, time.monotonic() - start
     finally:
         stop(process)
+
+
+def sigint_saves_and_resumes(scratch: Scratch) -> None:
+    workdir = scratch.path("run")
+    process, out, err, _ = interrupt(scratch, workdir, 1)
     if process.returncode != 0 or "Traceback" in err or "Stopped by SIGINT at step" not in out:
         raise NotHeld(f"Ctrl-C: exit {process.returncode}, stdout ending {out[-800:]!r}, "
                       f"stderr ending {err[-800:]!r}")
@@ -77,17 +89,7 @@ def sigint_saves_and_resumes(scratch: Scratch) -> None:
 
 def second_sigint_aborts_at_once(scratch: Scratch) -> None:
     workdir = scratch.path("run")
-    process = scratch.start_train(workdir, *LONG_RUN)
-    try:
-        wait_for_line(process, "step 3/")
-        send(process, signal.SIGINT)
-        time.sleep(0.02)
-        send(process, signal.SIGINT)
-        start = time.monotonic()
-        out, err = process.communicate(timeout=60)
-        took = time.monotonic() - start
-    finally:
-        stop(process)
+    process, _, err, took = interrupt(scratch, workdir, 2)
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     if process.returncode != 130 or len(lines) != 1 or "Traceback" in err:
         raise NotHeld(f"two Ctrl-C: exit {process.returncode}, stderr ending {err[-800:]!r}")
