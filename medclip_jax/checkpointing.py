@@ -284,20 +284,6 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-    def restore(self, step: int, abstract_params: Any, abstract_train_state: Any,
-                data_iterator: Any | None = None) -> tuple[Any, Any]:
-        """Restores params and train state onto the shardings of the abstract trees.
-
-        The data iterator, when given, is restored in place. Raises `DamagedCheckpoint` when
-        an item cannot be read back, a plain `UserError` when the step does not match the
-        config. (On several processes, a read that fails on one process alone is seen by
-        `restore_newest_readable`, which agrees across processes.)
-        """
-        params, train_state = self._read_state(step, abstract_params, abstract_train_state,
-                                               data_iterator)
-        self._check_state_finite(step, params, train_state)
-        return params, train_state
-
     def _read_state(self, step: int, abstract_params: Any, abstract_train_state: Any,
                     data_iterator: Any | None) -> tuple[Any, Any]:
         check_shapes(self._manager, step, "params", abstract_params)
