@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from medclip_jax.errors import UserError
+from medclip_jax import sharding
 from medclip_jax.sharding import path_to_str
 
 #: The items every step holds (`Checkpointer.save` writes `data` only with an iterator).
@@ -99,14 +100,6 @@ def first_nonfinite(tree: Any) -> str | None:
     finite = np.asarray(_finite_per_leaf(list(named.values())))
     bad = [name for name, ok in zip(named, finite) if not ok]
     return bad[0] if bad else None
-
-
-def _everyone_agrees(ok: bool) -> bool:
-    """True when `ok` holds on every process (a read may fail on one process's shards only)."""
-    if jax.process_count() == 1:
-        return ok
-    from jax.experimental import multihost_utils
-    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
 def _short_reason(error: BaseException) -> str:
@@ -322,7 +315,7 @@ class Checkpointer:
                                                        abstract_train_state, data_iterator)
             except DamagedCheckpoint as e:
                 damage = e
-            if _everyone_agrees(damage is None):
+            if sharding.all_processes(damage is None):
                 try:  # A global computation: every process takes part, with the same answer.
                     self._check_state_finite(step, params, train_state)
                     return step, params, train_state

@@ -12,9 +12,7 @@ import sys
 import types
 from typing import Callable
 
-import jax
-import numpy as np
-from jax.experimental import multihost_utils
+from medclip_jax import sharding
 
 #: Exit code of an abort by a second Ctrl-C (128 + SIGINT, as a shell reports it; the same as
 #: `cli.INTERRUPTED_EXIT_CODE`).
@@ -61,7 +59,4 @@ class PreemptionWatcher:
 
     def should_stop(self) -> bool:
         """True on every process once any process has been asked to stop."""
-        if jax.process_count() == 1:
-            return self.requested
-        flags = multihost_utils.process_allgather(np.array([self.requested]))
-        return bool(np.any(flags))
+        return sharding.any_process(self.requested)

@@ -158,6 +158,18 @@ def from_host(x: np.ndarray, target: jax.sharding.Sharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
 
 
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` holds on any of them (one all-gather when several)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.any(multihost_utils.process_allgather(np.array([bool(flag)]))))
+
+
+def all_processes(flag: bool) -> bool:
+    """True on every process when `flag` holds on all of them."""
+    return not any_process(not flag)
+
+
 def to_host(x: Any) -> np.ndarray:
     """Numpy copy of host data or of a jax Array, gathered from every process if sharded."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
