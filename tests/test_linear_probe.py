@@ -82,14 +82,20 @@ def test_standardized_fit_matches_scaler_pipeline():
                - ref.score(x[500:], y[500:])) <= 0.01
 
 
-def test_padding_rows_do_not_change_the_fit():
-    """300 rows are padded to 512 with weight 0: same optimum as sklearn on the 300 rows."""
-    x, y = blobs(300, seed=5)
+@pytest.mark.parametrize("num_classes", [6, 11])
+def test_padding_rows_and_classes_do_not_change_the_fit(num_classes):
+    """300 rows are padded to 512 with weight 0 and 6 (11) classes to 8 (16) masked ones:
+    same optimum as sklearn on the 300 rows and the real classes."""
+    x, y = blobs(300, num_classes=num_classes, seed=5)
     assert lp.rows_bucket(300) == 512 and lp.rows_bucket(5) == lp.MIN_ROWS_BUCKET
-    probe = lp.fit_probes(x, y, 6, [lp.sklearn_l2(0.5, 300)], TIGHT)[0]
+    assert lp.classes_bucket(2) == lp.classes_bucket(6) == 8 and lp.classes_bucket(11) == 16
+    probe = lp.fit_probes(x, y, num_classes, [lp.sklearn_l2(0.5, 300)], TIGHT)[0]
+    assert probe.weights.shape == (24, num_classes) and probe.bias.shape == (num_classes,)
     ref = LogisticRegression(C=0.5, max_iter=10_000, tol=1e-10).fit(x, y)
     np.testing.assert_allclose(probe.weights, ref.coef_.T,
                                atol=1e-4 * np.abs(ref.coef_).max())
+    np.testing.assert_allclose(probe.bias, ref.intercept_,
+                               atol=1e-4 * np.abs(ref.intercept_).max())
 
 
 def test_sweep_picks_the_best_validation_l2_and_refits_on_train_plus_validation():

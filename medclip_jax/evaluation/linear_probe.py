@@ -17,10 +17,13 @@ gradient component of the same mean-form objective, so ours is the stricter test
 ``jax.jit`` call solves the whole L2 grid of a training set as a regularisation path (a
 ``lax.scan`` from the largest L2 to the smallest, each solve warm-started from the previous
 one; the optimum of each is unique, so the order changes only the iterations needed). Rows are
-padded to a power of two (at least 128) with weight 0, so each (rows bucket, feature dim,
-classes, grid length) compiles once, reused by every k-shot draw. Parameters start at zero;
-softmax gradients sum to zero over classes, so W's columns and b stay centred (sum over
-classes 0), sklearn's symmetric parametrisation.
+padded to a power of two (at least 128) with weight 0, and classes to a power of two (at least
+8) whose logits are masked to -inf: a padded class has probability 0, so its weights get zero
+gradient and stay at zero, and the fit is that of the real classes. Each (rows bucket, feature
+dim, classes bucket, grid length) compiles once, reused by every k-shot draw and by the
+datasets of the paper's suite (2 to 11 classes: two compiles instead of ten). Parameters start
+at zero; softmax gradients sum to zero over classes, so W's columns and b stay centred (sum
+over classes 0), sklearn's symmetric parametrisation.
 
 Features are standardised (per feature: minus the mean, over the population standard
 deviation; constant features are only centred) with the statistics of the rows being fitted,
@@ -63,6 +66,7 @@ from medclip_jax.settings import PROBE_FEATURES, EvalSettings, LinearProbeSettin
 #: Metrics averaged over seeds in k-shot mode.
 K_SHOT_METRICS = ("top1", "balanced_accuracy", "macro_f1", "macro_auroc")
 MIN_ROWS_BUCKET = 128
+MIN_CLASSES_BUCKET = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +129,11 @@ def standardized(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarr
 
 
 def objective(params: dict[str, jax.Array], x: jax.Array, labels: jax.Array,
-              row_weights: jax.Array, l2: jax.Array) -> jax.Array:
-    """Weighted mean cross-entropy + (l2 / 2) ||W||^2; weight-0 rows are padding."""
-    log_probs = jax.nn.log_softmax(x @ params["w"] + params["b"])
+              row_weights: jax.Array, l2: jax.Array, class_mask: jax.Array) -> jax.Array:
+    """Weighted mean cross-entropy + (l2 / 2) ||W||^2; weight-0 rows and classes outside
+    `class_mask` are padding."""
+    logits = jnp.where(class_mask, x @ params["w"] + params["b"], -jnp.inf)
+    log_probs = jax.nn.log_softmax(logits)
     nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
     return (jnp.sum(row_weights * nll) / jnp.sum(row_weights)
             + 0.5 * l2 * jnp.sum(jnp.square(params["w"])))
@@ -157,14 +163,15 @@ def _lbfgs(fun, init: dict[str, jax.Array], tolerance: jax.Array, max_iterations
 
 
 @functools.partial(jax.jit, static_argnames=("max_iterations",))
-def _solve_path(x: jax.Array, labels: jax.Array, row_weights: jax.Array, l2s: jax.Array,
-                tolerance: jax.Array, init: dict[str, jax.Array], *, max_iterations: int):
+def _solve_path(x: jax.Array, labels: jax.Array, row_weights: jax.Array, class_mask: jax.Array,
+                l2s: jax.Array, tolerance: jax.Array, init: dict[str, jax.Array], *,
+                max_iterations: int):
     """Solves for every l2 of `l2s` [G] in order, each solve warm-started from the previous
     one (a regularisation path: give `l2s` in decreasing order), the first from `init`.
     Returns params with a leading [G] axis, iterations [G] and final gradient norms [G]."""
     def one(params, l2):
         def fun(p):
-            return objective(p, x, labels, row_weights, l2)
+            return objective(p, x, labels, row_weights, l2, class_mask)
         params, count = _lbfgs(fun, params, tolerance, max_iterations)
         return params, (params, count, otu.tree_norm(jax.grad(fun)(params)))
     return jax.lax.scan(one, init, l2s)[1]
@@ -172,7 +179,24 @@ def _solve_path(x: jax.Array, labels: jax.Array, row_weights: jax.Array, l2s: ja
 
 def rows_bucket(num_rows: int) -> int:
     """Padded row count: the next power of two, at least MIN_ROWS_BUCKET (fewer compiles)."""
-    return max(MIN_ROWS_BUCKET, 1 << max(0, int(num_rows - 1).bit_length()))
+    return max(MIN_ROWS_BUCKET, _next_power_of_two(num_rows))
+
+
+def classes_bucket(num_classes: int) -> int:
+    """Padded class count: the next power of two, at least MIN_CLASSES_BUCKET."""
+    return max(MIN_CLASSES_BUCKET, _next_power_of_two(num_classes))
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, int(n - 1).bit_length())
+
+
+def _padded_columns(values: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """`values` (or zeros) in float32, zero-padded along the last axis to `shape`."""
+    out = np.zeros(shape, np.float32)
+    if values is not None:
+        out[..., :values.shape[-1]] = values
+    return out
 
 
 def _checked_labels(labels: np.ndarray, num_classes: int, field: str) -> np.ndarray:
@@ -195,6 +219,8 @@ def fit_probe_sets(sets: Sequence[tuple[np.ndarray, np.ndarray]], num_classes: i
     Sets are solved one after the other, not vmapped: a vmapped while loop runs every member
     until the slowest stops, 5x slower on CPU for k-shot sets (measured)."""
     order = np.argsort(-np.asarray(l2s, np.float64), kind="stable")
+    padded_classes = classes_bucket(num_classes)
+    class_mask = np.arange(padded_classes) < num_classes
     path_l2s = np.asarray(l2s, np.float32)[order]
     out = []
     for i, (x, labels) in enumerate(sets):
@@ -210,18 +236,19 @@ def fit_probe_sets(sets: Sequence[tuple[np.ndarray, np.ndarray]], num_classes: i
         ys[:len(x)] = labels
         row_weights = (np.arange(padded) < len(x)).astype(np.float32)
         start = inits[i] if inits else None
-        init = {"w": np.zeros((x.shape[1], num_classes), np.float32) if start is None
-                else start.weights.astype(np.float32),
-                "b": np.zeros(num_classes, np.float32) if start is None
-                else start.bias.astype(np.float32)}
+        init = {"w": _padded_columns(None if start is None else start.weights,
+                                     (x.shape[1], padded_classes)),
+                "b": _padded_columns(None if start is None else start.bias,
+                                     (padded_classes,))}
         params, counts, grad_norms = jax.device_get(_solve_path(
-            xs, ys, row_weights, path_l2s, np.float32(settings.tolerance), init,
+            xs, ys, row_weights, class_mask, path_l2s, np.float32(settings.tolerance), init,
             max_iterations=settings.max_iterations))
         probes: list[Probe | None] = [None] * len(l2s)
         for g, original in enumerate(order):
             grad_norm = float(grad_norms[g])
             probes[original] = Probe(
-                np.asarray(params["w"][g], np.float64), np.asarray(params["b"][g], np.float64),
+                np.asarray(params["w"][g, :, :num_classes], np.float64),
+                np.asarray(params["b"][g, :num_classes], np.float64),
                 mean, scale, float(l2s[original]), int(counts[g]), grad_norm,
                 grad_norm < settings.tolerance)
         out.append(probes)
