@@ -25,7 +25,11 @@ $PY -m data_prep.build all --manual_dir "$OUT/raw" --data_dir "$OUT/tfds" --max_
     --workers 1
 stamp "every dataset built"
 
-# Each method trains and is evaluated in its own process chain; the chains run side by side.
+# The methods train and are evaluated one after another: same-sized models embed with the
+# same programs, so the second chain reads the first's compiled evaluation steps from the
+# persistent compilation cache (side by side, both compiled them: ~35% more CPU, no faster
+# on two cores).
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$OUT/compilation_cache}"
 train_and_evaluate() {
   local method="$1"
   $PY -m medclip_jax.main --config "configs/$method.py:rehearsal" --workdir "$OUT/$method" \
@@ -33,16 +37,11 @@ train_and_evaluate() {
   $PY -m evals.run_suite --workdir "$OUT/$method" --config configs/eval.py:rehearsal
 }
 read -r -a methods <<< "$METHODS"
-pids=() results=()
-for method in "${methods[@]}"; do
-  train_and_evaluate "$method" > "$OUT/$method.log" 2>&1 &
-  pids+=($!)
-  results+=(--results "$OUT/$method")
-done
+results=()
 failed=0
-for i in "${!pids[@]}"; do
-  method="${methods[$i]}"
-  if wait "${pids[$i]}"; then
+for method in "${methods[@]}"; do
+  results+=(--results "$OUT/$method")
+  if train_and_evaluate "$method" > "$OUT/$method.log" 2>&1; then
     stamp "$method trained and evaluated ($OUT/$method.log)"
   else
     tail -n 40 "$OUT/$method.log"

@@ -41,6 +41,16 @@ def make_encoders(model: DualEncoder, mesh: Mesh) -> tuple[Callable, Callable]:
             jax.jit(encode_text, out_shardings=(batch, batch)))
 
 
+def unit_vectors(x: Any) -> np.ndarray:
+    """float32 unit L2 norm along the last axis, on the host (zero vectors stay zero).
+
+    Embeddings reach the evaluators as host arrays of a new shape per dataset; numpy does
+    this small math at once, where eager jnp compiled each op anew for every shape.
+    """
+    x = sharding.to_host(x).astype(np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
+
+
 def _kept_rows(batch: Mapping[str, jax.Array], records: np.ndarray | None) -> np.ndarray:
     """[B] bool: the batch's real rows, and among them only `records` when given."""
     keep = sharding.to_host(batch["valid"]).astype(bool)

@@ -34,7 +34,7 @@ import numpy as np
 from medclip_jax import sharding
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import fields, model_view
+from medclip_jax.evaluation import embed, fields, model_view
 from medclip_jax.settings import EvalSettings
 
 PAD = -1
@@ -107,7 +107,7 @@ def _normalize_rows(x) -> np.ndarray:
         raise ValueError(f"embeddings must be a non-empty [N, E] array, got {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError("embeddings contain NaN or inf")
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return embed.unit_vectors(x)
 
 
 def _pair_codes(positives: np.ndarray, num_queries: int, code_of) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 from medclip_jax import settings
 from medclip_jax.data import sources
 from medclip_jax.errors import UserError
-from medclip_jax.evaluation import fields, metrics, model_view
+from medclip_jax.evaluation import embed, fields, metrics, model_view
 from medclip_jax.settings import EvalSettings
 
 
@@ -42,18 +42,11 @@ def format_prompts(class_names: Sequence[str], templates: Sequence[str]) -> list
     return [template.format(name) for name in class_names for template in templates]
 
 
-def _normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-    """Unit L2 norm along `axis` (zero vectors stay zero instead of becoming NaN)."""
-    x = jnp.asarray(x, jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
-
-
 def build_classifier(prompt_embeddings) -> np.ndarray:
     """[C, T, E] prompt embeddings -> [E, C] unit class embeddings (prompt ensemble)."""
     if np.ndim(prompt_embeddings) != 3:
         raise ValueError(f"prompt embeddings must be [C, T, E], got {np.shape(prompt_embeddings)}")
-    class_emb = _normalize(jnp.mean(_normalize(prompt_embeddings), axis=1))
-    return np.asarray(class_emb.T)
+    return embed.unit_vectors(np.mean(embed.unit_vectors(prompt_embeddings), axis=1)).T
 
 
 def zero_shot_scores(image_emb, classifier) -> np.ndarray:
@@ -61,9 +54,7 @@ def zero_shot_scores(image_emb, classifier) -> np.ndarray:
     if np.ndim(image_emb) != 2 or np.shape(image_emb)[1] != np.shape(classifier)[0]:
         raise ValueError(f"image embeddings {np.shape(image_emb)} do not match classifier "
                          f"{np.shape(classifier)}")
-    classifier = jnp.asarray(classifier, jnp.float32)
-    return np.asarray(jnp.matmul(_normalize(image_emb), classifier,
-                                 precision=jax.lax.Precision.HIGHEST))
+    return embed.unit_vectors(image_emb) @ np.asarray(classifier, np.float32)
 
 
 # --------------------------------------------------------------------------------------------
