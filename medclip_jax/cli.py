@@ -6,7 +6,7 @@ from typing import Callable
 import jax
 from absl import app, flags, logging
 
-from medclip_jax import flag_errors, peer_watch
+from medclip_jax import flag_errors, peer_watch, supervisor
 from medclip_jax.errors import UserError
 
 flags.DEFINE_string("coordinator_address", None,
@@ -68,7 +68,9 @@ def run_user_main(main: Callable[[], None]) -> None:
 
 def run_app(main: Callable[[list[str]], None], default_config: str | None = None) -> None:
     """`absl.app.run` with command-line config mistakes as one line and exit code 2
-    (`flag_errors.parse_flags`). `default_config`: the ``--config`` used when none is given."""
+    (`flag_errors.parse_flags`); a multi-process run goes on in a supervised child process
+    (`supervisor`). `default_config`: the ``--config`` used when none is given."""
+    supervisor.supervise_if_multiprocess()
     if default_config is not None:
         # config_flags reads the overrides from sys.argv itself.
         sys.argv[:] = flag_errors.with_default_config(sys.argv, "config", default_config)

@@ -11,10 +11,11 @@ process(es), says the job can be resumed, and exits with `LOST_PROCESS_EXIT_CODE
 (skipping the shutdown barrier that would hang). JAX's own heartbeat timeout is set above
 ``--peer_timeout_s`` (`jax_heartbeat_timeout`) so this watch speaks first.
 
-Not covered: when process 0 (which hosts the coordination service) dies, JAX's client
-terminates every other process at once from C++ ("Terminating process because the JAX
-distributed service detected fatal errors"); this jaxlib offers no working hook to replace
-that (its ``missed_heartbeat_callback`` cannot be given a Python function).
+When process 0 (which hosts the coordination service) dies, JAX's client terminates every
+other process at once from C++ ("Terminating process because the JAX distributed service
+detected fatal errors"); this jaxlib offers no working hook to replace that (its
+``missed_heartbeat_callback`` cannot be given a Python function), so `medclip_jax.supervisor`
+turns that abort into the same one line from a parent process.
 
 The key-value store is reached through ``jax._src.distributed.global_state.client``: JAX has no
 public handle on it (multihost_utils uses the same one).
@@ -136,13 +137,19 @@ def start(timeout_s: float) -> None:
         _WATCH.start()
 
 
+def lost_line(lost: list[int], count: int | None, me: int | str | None, how: str) -> str:
+    """The one line of a process that lost peers (`count`, `me`: None where unknown)."""
+    names = ", ".join(f"process {p}" for p in lost) or "another process"
+    job = f"this {count}-process job" if count else "this multi-process job"
+    this = f"; this is process {me}" if me is not None else ""
+    return (f"error: lost {names} of {job} ({how}){this}. Re-run the same command on every "
+            f"process to resume from the last checkpoint")
+
+
 def exit_lost(lost: list[int], how: str) -> None:
     """One line naming the lost processes, then exit at once (no shutdown barrier)."""
-    count = jax.process_count()
-    names = ", ".join(f"process {p}" for p in lost) or "another process"
-    print(f"error: lost {names} of this {count}-process job ({how}); this is process "
-          f"{jax.process_index()}. Re-run the same command on every process to resume from "
-          f"the last checkpoint", file=sys.stderr, flush=True)
+    print(lost_line(lost, jax.process_count(), jax.process_index(), how), file=sys.stderr,
+          flush=True)
     os._exit(LOST_PROCESS_EXIT_CODE)
 
 

@@ -23,8 +23,9 @@ def start_pair(scratch: Scratch, workdir: str, *overrides: str) -> list[subproce
 
 
 def kill_one(scratch: Scratch, victim: int) -> None:
-    """Kills process `victim` mid-run. Process 0 is not a victim here: its death ends the
-    others from inside JAX (see `medclip_jax.peer_watch`)."""
+    """Kills process `victim` mid-run (SIGKILL to its supervisor, which takes the training
+    process with it): the survivor notices through `medclip_jax.peer_watch` (a worker lost)
+    or through its supervisor (process 0 lost: JAX aborts it, `medclip_jax.supervisor`)."""
     workdir = scratch.path("run")
     pair = start_pair(scratch, workdir, "--config.max_steps=100000",
                       "--config.num_epochs=100000", "--config.eval.every_steps=0",
@@ -32,6 +33,7 @@ def kill_one(scratch: Scratch, victim: int) -> None:
     survivor = pair[1 - victim]
     try:
         wait_for_line(pair[0], "step 4/", timeout=400)
+        wait_for_checkpoint(workdir, timeout=120)
         pair[victim].kill()
         start = time.monotonic()
         _, err = survivor.communicate(timeout=PEER_TIMEOUT_S + 120)
@@ -55,8 +57,21 @@ def kill_one(scratch: Scratch, victim: int) -> None:
         raise NotHeld("no checkpoint to resume from")
 
 
+def wait_for_checkpoint(workdir: str, timeout: float) -> None:
+    """Until a finished step folder exists (process 0 finalizes it; killed earlier, there
+    would be nothing to resume from whatever the survivors do)."""
+    deadline = time.monotonic() + timeout
+    while not checkpoint_steps(workdir):
+        if time.monotonic() > deadline:
+            raise NotHeld(f"no checkpoint after {timeout:.0f} s, before any fault")
+        time.sleep(0.2)
+
+
 CASES = [
     Case("lost_worker_process", False, lambda scratch: kill_one(scratch, 1),
          "when a process dies, the others exit 75 within --peer_timeout_s with one line naming "
          "it; re-running every process resumes"),
+    Case("lost_coordinator_process", False, lambda scratch: kill_one(scratch, 0),
+         "when process 0 (the coordinator) dies, the others exit 75 at once with one line "
+         "naming it and the file holding JAX's abort report; re-running every process resumes"),
 ]
