@@ -161,6 +161,26 @@ def resumes_past_damage(damage: str) -> Callable[[Scratch], None]:
     return case
 
 
+def damaged_checkpoint_on_two_processes(scratch: Scratch) -> None:
+    """A 2-process job whose newest step has a truncated params file: both processes agree
+    it is damaged, process 0 moves it aside (once), both resume from the older step."""
+    from faults.processes import run_pair
+    workdir = scratch.path("run")
+    steps = ("--config.eval.every_steps=0", f"--config.checkpoint.every_steps={OLDER}")
+    for result in run_pair(scratch, workdir, f"--config.max_steps={NEWEST}", *steps):
+        expect_success(result)
+    truncate_params_file(workdir)
+    results = run_pair(scratch, workdir, "--config.max_steps=6", *steps)
+    for result in results:
+        expect_success(result, f"Resumed from checkpoint at step {OLDER}")
+    expect_success(results[0], f"checkpoint step {NEWEST} is damaged: ", "params")
+    expect_moved_aside(workdir, NEWEST)
+    if checkpoint_steps(workdir)[-1] != 6 or os.path.isdir(step_dir(workdir, NEWEST) +
+                                                           ".corrupt.1"):
+        raise NotHeld(f"expected one move aside and a run to step 6: "
+                      f"{sorted(os.listdir(os.path.join(workdir, 'checkpoints')))}")
+
+
 def damaged_checkpoints_through_eval(scratch: Scratch) -> None:
     """Each damage through evals.zero_shot: one line, exit 2, naming the step and the item
     (train_state is not read by evals: that step still evaluates); --step OLDER works."""
@@ -232,6 +252,9 @@ CASES = [
            f"training prints 'checkpoint step N is damaged: {item.strip()}...', moves the "
            f"step to checkpoints/N.corrupt and resumes from the newest readable step")
       for damage, (_, item) in DAMAGES.items()),
+    Case("damaged_checkpoint_on_two_processes", False, damaged_checkpoint_on_two_processes,
+         "in a 2-process job the damaged newest step is moved aside once and every process "
+         "resumes from the same older step"),
     Case("damaged_checkpoints_through_eval", False, damaged_checkpoints_through_eval,
          "eval binaries: one line 'checkpoint step N is damaged: <item>: ... (--step picks "
          "another one: [...])', exit 2; --step=<older> evaluates that step"),

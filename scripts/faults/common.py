@@ -44,10 +44,13 @@ class Scratch:
     def path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
 
-    def train_args(self, workdir: str, *overrides: str) -> list[str]:
-        """The trainer on the `tiny` preset (16 pairs per step) reading this scratch's data."""
+    def train_args(self, workdir: str, *overrides: str, data_dir: str | None = None
+                   ) -> list[str]:
+        """The trainer on the `tiny` preset (16 pairs per step) reading this scratch's data
+        (or `data_dir`)."""
         return [sys.executable, "-m", "medclip_jax.main", "--config", "configs/clip.py:tiny",
-                "--workdir", workdir, f"--config.data.data_dir={self.data_dir}", *overrides]
+                "--workdir", workdir, f"--config.data.data_dir={data_dir or self.data_dir}",
+                *overrides]
 
     def train(self, workdir: str, *overrides: str, timeout: float = 300
               ) -> subprocess.CompletedProcess:

@@ -11,15 +11,32 @@ from faults.common import REPO_ROOT, NotHeld, Scratch, checkpoint_steps, env, wa
 PEER_TIMEOUT_S = 10
 
 
-def start_pair(scratch: Scratch, workdir: str, *overrides: str) -> list[subprocess.Popen]:
+def start_pair(scratch: Scratch, workdir: str, *overrides: str, data_dir: str | None = None
+               ) -> list[subprocess.Popen]:
+    """A 2-process tiny training job (one fake device each), started in the background."""
     port = portpicker.pick_unused_port()
     extra = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
     return [subprocess.Popen(
         scratch.train_args(workdir, *overrides, f"--coordinator_address=localhost:{port}",
                            "--num_processes=2", f"--process_id={i}",
-                           f"--peer_timeout_s={PEER_TIMEOUT_S}"),
+                           f"--peer_timeout_s={PEER_TIMEOUT_S}", data_dir=data_dir),
         cwd=REPO_ROOT, env=env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True) for i in range(2)]
+
+
+def run_pair(scratch: Scratch, workdir: str, *overrides: str, data_dir: str | None = None,
+             timeout: float = 400) -> list[subprocess.CompletedProcess]:
+    """A 2-process tiny training job to its end; each process's exit code and output."""
+    pair = start_pair(scratch, workdir, *overrides, data_dir=data_dir)
+    try:
+        outputs = [p.communicate(timeout=timeout) for p in pair]
+    finally:
+        for p in pair:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    return [subprocess.CompletedProcess(p.args, p.returncode, out, err)
+            for p, (out, err) in zip(pair, outputs)]
 
 
 def kill_one(scratch: Scratch, victim: int) -> None:

@@ -72,9 +72,7 @@ def bad_data_dir(scratch: Scratch, position: int = BAD_POSITION, split: str = "t
 
 
 def train_args(scratch: Scratch, data_dir: str, workdir: str, *overrides: str) -> list[str]:
-    args = scratch.train_args(workdir, *overrides)
-    return [f"--config.data.data_dir={data_dir}" if a.startswith("--config.data.data_dir=")
-            else a for a in args]
+    return scratch.train_args(workdir, *overrides, data_dir=data_dir)
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -128,6 +126,18 @@ def bad_record_skipped_and_reported(scratch: Scratch) -> None:
     result = run(train_args(scratch, data_dir, workdir, "--config.max_steps=6",
                             "--config.data.on_bad_record=skip", *QUICK))
     expect_success(result, "step 6/6", f"step {BAD_STEP}/6 ", "bad_records 1")
+    expect_reported(workdir, record, [(BAD_POSITION, BAD_STEP)], 6)
+
+
+def bad_record_skipped_on_two_processes(scratch: Scratch) -> None:
+    """The same skip in a 2-process job (each process reads half of every batch): both
+    finish, and process 0's bad_records.jsonl and metric hold the one visit, as on one."""
+    from faults.processes import run_pair
+    data_dir, record = bad_data_dir(scratch)
+    workdir = scratch.path("run")
+    for result in run_pair(scratch, workdir, "--config.max_steps=6",
+                           "--config.data.on_bad_record=skip", *QUICK, data_dir=data_dir):
+        expect_success(result)
     expect_reported(workdir, record, [(BAD_POSITION, BAD_STEP)], 6)
 
 
@@ -195,6 +205,8 @@ CASES = [
     Case("bad_record_skipped_and_reported", False, bad_record_skipped_and_reported,
          "with config.data.on_bad_record=skip the record is replaced, training completes, and "
          "bad_records.jsonl and the train/bad_records metric report it"),
+    Case("bad_record_skipped_on_two_processes", False, bad_record_skipped_on_two_processes,
+         "a 2-process job skips the record the same way and reports it once, from process 0"),
     Case("bad_eval_record_fails_in_one_line", False, bad_eval_record_fails_in_one_line,
          "a bad record in the validation split stops training with one line naming it (exit "
          "2), whatever config.data.on_bad_record says: eval sets are never skipped"),
