@@ -129,12 +129,36 @@ def replace_float_leaves(tree: Any, new_leaves: list[jax.Array]) -> Any:
                                         for x in leaves])
 
 
+def split_trainable(params: Any, frozen: Any | None
+                    ) -> tuple[list[jax.Array], Callable[[list], Any], Callable[[list], Any]]:
+    """(the trainable leaves, `merge`: trainable leaves -> the whole param tree, `full`:
+    their gradients -> a grads tree with zeros at the frozen leaves).
+
+    Differentiating only the trainable leaves leaves the frozen ones constants of the
+    gradient computation, so no cotangent is computed for a subtree that feeds nothing
+    trainable: a locked tower costs its forward pass only.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    mask = [False] * len(leaves) if frozen is None else [bool(f) for f in
+                                                         treedef.flatten_up_to(frozen)]
+
+    def fill(trainable: list, frozen_leaf: Callable[[jax.Array], jax.Array]) -> Any:
+        it = iter(trainable)
+        return treedef.unflatten([frozen_leaf(leaf) if f else next(it)
+                                  for leaf, f in zip(leaves, mask)])
+
+    trainable = [leaf for leaf, f in zip(leaves, mask) if not f]
+    return (trainable, lambda t: fill(t, lambda leaf: leaf),
+            lambda g: fill(g, jnp.zeros_like))
+
+
 def make_grad_fn(model: DualEncoder, loss_fn: Callable, grad_accum_steps: int = 1,
-                 mesh: Mesh | None = None) -> Callable:
+                 mesh: Mesh | None = None, frozen: Any | None = None) -> Callable:
     """`(params, method_state, batch, rng) -> ((loss, (metrics, outputs)), grads)`.
 
     `loss_fn(outputs, method_state) -> (loss, metrics)` (see `methods.bind_loss`) sees the whole
-    global batch.
+    global batch. `frozen` (`optim.frozen_mask`): leaves that are not differentiated at all;
+    their gradients are zeros.
 
     With `grad_accum_steps > 1` the loss still sees the whole global batch (every negative),
     while activations are only ever kept for one micro-batch: a gradient-free forward pass
@@ -150,14 +174,18 @@ def make_grad_fn(model: DualEncoder, loss_fn: Callable, grad_accum_steps: int = 
                            method=DualEncoder.apply_batch)
 
     def full_batch_grads(params, method_state, batch, rng):
-        def compute_loss(params):
-            outputs = forward(params, batch, rng)
+        trainable, merge, full = split_trainable(params, frozen)
+
+        def compute_loss(trainable):
+            outputs = forward(merge(trainable), batch, rng)
             loss, metrics = loss_fn(outputs, method_state)
             return loss, (metrics, outputs)
 
-        return jax.value_and_grad(compute_loss, has_aux=True)(params)
+        value, grads = jax.value_and_grad(compute_loss, has_aux=True)(trainable)
+        return value, full(grads)
 
     def accumulated_grads(params, method_state, batch, rng):
+        trainable, merge, full = split_trainable(params, frozen)
         micro = split_microbatches(batch, grad_accum_steps, mesh)
         micro_rngs = jax.random.split(rng, grad_accum_steps)
         outputs = jax.lax.map(lambda xs: forward(params, xs[0], xs[1]), (micro, micro_rngs))
@@ -174,12 +202,13 @@ def make_grad_fn(model: DualEncoder, loss_fn: Callable, grad_accum_steps: int = 
 
         def add_micro_grads(total, xs):
             micro_batch, micro_rng, cotangent = xs
-            _, vjp = jax.vjp(lambda p: float_leaves(forward(p, micro_batch, micro_rng)), params)
+            _, vjp = jax.vjp(lambda t: float_leaves(forward(merge(t), micro_batch, micro_rng)),
+                             trainable)
             return jax.tree.map(jnp.add, total, vjp(cotangent)[0]), None
 
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        zeros = jax.tree.map(jnp.zeros_like, trainable)
         grads, _ = jax.lax.scan(add_micro_grads, zeros, (micro, micro_rngs, micro_output_grads))
-        return (loss, (metrics, merged)), grads
+        return (loss, (metrics, merged)), full(grads)
 
     return accumulated_grads if grad_accum_steps > 1 else full_batch_grads
 
@@ -232,7 +261,8 @@ def init_state_and_step(config: ml_collections.ConfigDict, model: DualEncoder, m
     state_shardings = TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings,
                                  method_state=jax.tree.map(lambda _: replicated, method_state))
     grad_fn = make_grad_fn(model, methods.bind_loss(config.method, config.loss, mesh),
-                           config.grad_accum_steps, mesh)
+                           config.grad_accum_steps, mesh,
+                           optim.frozen_mask(params, optim_settings))
     update = methods.bind_state_update(config.method, config.loss)
     train_step = jax.jit(make_train_step(tx, schedule, grad_fn, update),
                          in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
