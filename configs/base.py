@@ -28,7 +28,8 @@ with one line naming ``config.<field>``):
   log_every_steps   train metrics are averaged and written every this many steps.
   optim             AdamW, warmup + cosine, clipping, no-decay and lr-multiplier/freeze rules.
   mesh              device mesh axis sizes (-1 = all remaining devices).
-  sharding.rules    ``(regex, spec)`` partition rules for params and optimizer state.
+  sharding          ``(regex, spec)`` partition rules for params (the optimizer state follows
+                    them) and the size below which an ``fsdp`` leaf stays replicated.
   checkpoint        save interval and retention.
   eval              in-loop validation: split, interval, size, recall K; ``evaluators``
                     schedules any evaluator every N steps (``"zero_shot:100"``): zero_shot,
@@ -59,15 +60,13 @@ IMAGE_EMBEDDINGS = "patch_embed|cls_token|pos_embed|ln_pre"
 
 def get_base_config() -> ml_collections.ConfigDict:
     """Every default of `medclip_jax.settings.TrainSettings` (the one home of the defaults of
-    ``data``, ``optim``, ``mesh``, ``checkpoint``, ``eval`` and the run fields), plus the
-    sections owned elsewhere: the loss, the model preset, the sharding rules, the init."""
+    ``data``, ``optim``, ``mesh``, ``sharding``, ``checkpoint``, ``eval`` and the run fields),
+    plus the sections owned elsewhere: the loss, the model preset, the init."""
     config = settings.config_dict(settings.TrainSettings)
     # CLIP's knobs; every method config that changes the method sets its own.
     config.loss = ml_collections.ConfigDict({"duplicate_captions": False})
     config.model = model_config("small")
     config.model.text.vocab_size = -1
-    config.sharding = ml_collections.ConfigDict()
-    config.sharding.rules = ((".*", "fsdp"),)
     config.init = ml_collections.ConfigDict(dict(image="", text="", logit_scale=True))
     return config
 

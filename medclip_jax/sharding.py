@@ -13,9 +13,13 @@ the all-gathers the global-batch losses need.
 Parameter rules are ``(regex, spec)`` pairs matched with ``re.search`` against the '/'-joined
 path of each leaf (``params/image/block_0/attn/query/kernel``); the first match wins. A spec is
 
-* ``"fsdp"``: shard the largest dimension that the fsdp axis size divides; replicate otherwise;
+* ``"fsdp"``: shard the largest dimension that the fsdp axis size divides; replicate otherwise,
+  and below ``config.sharding.fsdp_min_size`` elements;
 * ``"replicate"``;
 * a comma-separated list of axis names or ``None`` per dimension (``"None,fsdp"``).
+
+The optimizer state is not matched against the rules: each moment takes its parameter's
+sharding (`mirrored_shardings`).
 """
 
 import re
@@ -23,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -91,13 +96,14 @@ def path_to_str(path: Sequence[Any]) -> str:
     return "/".join(parts)
 
 
-def _spec_for(spec: str, shape: Sequence[int], mesh: Mesh, path: str) -> P:
+def _spec_for(spec: str, shape: Sequence[int], mesh: Mesh, path: str,
+              fsdp_min_size: int = 0) -> P:
     spec = spec.strip()
     if spec == "replicate" or not shape:
         return P()
     if spec == "fsdp":
         size = mesh.shape["fsdp"]
-        if size == 1:
+        if size == 1 or int(np.prod(shape)) < fsdp_min_size:
             return P()
         for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
             if shape[dim] % size == 0:
@@ -114,26 +120,66 @@ def _spec_for(spec: str, shape: Sequence[int], mesh: Mesh, path: str) -> P:
     return P(*axes)
 
 
-def tree_partition_specs(tree: Any, rules: Sequence[tuple[str, str]], mesh: Mesh) -> Any:
-    """PartitionSpecs for every leaf of `tree` (arrays or ShapeDtypeStructs) by regex rules."""
+def tree_partition_specs(tree: Any, rules: Sequence[tuple[str, str]], mesh: Mesh,
+                         fsdp_min_size: int = 0) -> Any:
+    """PartitionSpecs for every leaf of `tree` (arrays or ShapeDtypeStructs) by regex rules
+    (the first match wins; no match: replicated). A rule that decides no leaf is logged: a
+    typo or an anchor that never matches would otherwise change nothing, silently."""
     compiled = [(re.compile(pattern), spec) for pattern, spec in rules]
+    used = set()
 
     def leaf_spec(path, leaf):
         name = path_to_str(path)
         shape = getattr(leaf, "shape", ())
-        for pattern, spec in compiled:
+        for i, (pattern, spec) in enumerate(compiled):
             if pattern.search(name):
-                return _spec_for(spec, shape, mesh, name)
+                used.add(i)
+                return _spec_for(spec, shape, mesh, name, fsdp_min_size)
         return P()
 
-    return jax.tree_util.tree_map_with_path(leaf_spec, tree)
+    specs = jax.tree_util.tree_map_with_path(leaf_spec, tree)
+    for i, (pattern, spec) in enumerate(rules):
+        if i not in used:
+            logging.warning("config.sharding.rules: (%r, %r) decides no parameter (none "
+                            "matches it, or an earlier rule matched first)", pattern, spec)
+    return specs
 
 
-def tree_shardings(tree: Any, rules: Sequence[tuple[str, str]], mesh: Mesh) -> Any:
+def tree_shardings(tree: Any, rules: Sequence[tuple[str, str]], mesh: Mesh,
+                   fsdp_min_size: int = 0) -> Any:
     """NamedShardings for every leaf of `tree` by regex rules."""
-    specs = tree_partition_specs(tree, rules, mesh)
+    specs = tree_partition_specs(tree, rules, mesh, fsdp_min_size)
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
                         is_leaf=lambda x: isinstance(x, P))
+
+
+def mirrored_shardings(tree: Any, params: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Shardings for a tree that holds copies of the params (an optimizer state: Adam's moments
+    under ``.../mu/<param path>``): a leaf whose path ends with a param's path, at the param's
+    shape, gets that param's sharding; every other leaf (step counts) is replicated.
+
+    Derived from the tree's structure, not by matching the sharding rules a second time
+    against optimizer paths, where an anchored rule (``^text/``) misses and a moment would be
+    sharded unlike its parameter.
+    """
+    def names(path) -> tuple[str, ...]:
+        return tuple(path_to_str([entry]) for entry in path)
+
+    param_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    sharding_leaves = jax.tree.leaves(param_shardings,
+                                      is_leaf=lambda x: isinstance(x, NamedSharding))
+    by_path = {names(path): (tuple(leaf.shape), leaf_sharding)
+               for (path, leaf), leaf_sharding in zip(param_leaves, sharding_leaves)}
+
+    def leaf_sharding(path, leaf):
+        path = names(path)
+        for start in range(len(path)):   # the longest matching suffix first
+            shape, found = by_path.get(path[start:], (None, None))
+            if found is not None and shape == tuple(getattr(leaf, "shape", ())):
+                return found
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
 
 
 def to_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

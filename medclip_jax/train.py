@@ -249,8 +249,8 @@ def init_state_and_step(config: ml_collections.ConfigDict, model: DualEncoder, m
     params = init_lib.apply_init(init_params(model, config.model, rng, p_shardings), config)
     optim_settings = optim_settings or OptimSettings.from_config(config.optim)
     tx, schedule = optim.make_optimizer(optim_settings, params, total_steps)
-    opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params),
-                                            config.sharding.rules, mesh)
+    opt_shardings = sharding.mirrored_shardings(jax.eval_shape(tx.init, params), params,
+                                                p_shardings, mesh)
     replicated = sharding.replicated(mesh)
     method_state = jax.device_put(
         methods.init_method_state(config.method, config.loss, config.model.embed_dim),

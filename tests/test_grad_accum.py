@@ -14,7 +14,7 @@ from medclip_jax.models import build_model
 def params_after(data_dir: str, workdir: str, accum: int, batch_size: int):
     config = tiny_config(data_dir, max_steps=3, batch_size=batch_size, grad_accum_steps=accum,
                          **{"eval.every_steps": 0, "checkpoint.every_steps": 100,
-                            "mesh.data": 4, "mesh.fsdp": 2})
+                            "mesh.data": 4, "mesh.fsdp": 2, "sharding.fsdp_min_size": 0})
     return train.train_and_evaluate(config, workdir).params
 
 

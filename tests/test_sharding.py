@@ -47,6 +47,48 @@ def test_rules_first_match_wins_and_fsdp_picks_largest_divisible_dim():
                                       (("text/embed", "None,fsdp"),), mesh)
 
 
+def test_small_leaves_stay_replicated_and_a_rule_that_decides_nothing_is_logged(caplog):
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+    tree = {"kernel": jnp.zeros((64, 16)), "bias": jnp.zeros(16), "small": jnp.zeros((4, 8))}
+    rules = ((".*", "fsdp"), ("^never/", "replicate"))
+    with caplog.at_level("WARNING"):
+        specs = sharding.tree_partition_specs(tree, rules, mesh, fsdp_min_size=1024)
+    assert specs == {"kernel": P("fsdp", None), "bias": P(), "small": P()}
+    assert "'^never/'" in caplog.text and "decides no parameter" in caplog.text
+    assert sharding.tree_partition_specs(tree, rules[:1], mesh)["small"] == P(None, "fsdp")
+
+
+def test_optimizer_state_takes_its_params_shardings_whatever_the_rules_say():
+    """An anchored rule leaves `text` replicated: its Adam moments too (matching the rules
+    against optimizer paths, ``0/mu/text/...``, would have sharded them by ``.*``); frozen
+    leaves have no moments; counts are replicated."""
+    from medclip_jax import optim
+    from medclip_jax.settings import OptimSettings
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+    params = {"image": {"kernel": jnp.zeros((8, 12)), "frozen": jnp.zeros((8, 4))},
+              "text": {"kernel": jnp.zeros((16, 8))}, "logit_scale": jnp.zeros(())}
+    rules = (("^text/", "replicate"), (".*", "fsdp"))
+    param_shardings = sharding.tree_shardings(params, rules, mesh)
+    settings = OptimSettings(lr_multipliers=(("image/frozen", 0.0),))
+    tx, _ = optim.make_optimizer(settings, params, 10)
+    state = jax.eval_shape(tx.init, params)
+    shardings = sharding.mirrored_shardings(state, params, param_shardings, mesh)
+    moments, others = {}, []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(shardings)[0]:
+        name = sharding.path_to_str(path)
+        moment = next((m for m in ("/mu/", "/nu/") if m in name), None)
+        if moment:
+            moments.setdefault(name.split(moment, 1)[1], []).append(leaf.spec)
+        else:
+            others.append((name, leaf.spec))
+    assert moments == {"image/kernel": [P(None, "fsdp")] * 2, "text/kernel": [P()] * 2,
+                       "logit_scale": [P()] * 2}
+    assert others and all(spec == P() for _, spec in others), others
+    assert param_shardings["text"]["kernel"].spec == P()
+    assert sharding.tree_partition_specs(state, rules, mesh) != jax.tree.map(
+        lambda s: s.spec, shardings, is_leaf=lambda x: hasattr(x, "spec"))
+
+
 def test_path_to_str_handles_dicts_and_sequences():
     tree = {"a": [{"b": 1}], "c": (2,)}
     names = [sharding.path_to_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

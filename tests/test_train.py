@@ -162,7 +162,8 @@ def test_checkpoint_shape_mismatch_names_the_tensor(tiny_data_dir, tmp_path):
 
 
 def _params_after_steps(data_dir: str, workdir: str, mesh: dict, steps: int = 3):
-    config = tiny_config(data_dir, max_steps=steps, **{"eval.every_steps": 0})
+    config = tiny_config(data_dir, max_steps=steps, **{"eval.every_steps": 0,
+                                                       "sharding.fsdp_min_size": 0})
     config.mesh.data, config.mesh.fsdp = mesh["data"], mesh["fsdp"]
     state = train.train_and_evaluate(config, workdir)
     return state.params

@@ -11,6 +11,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from medclip_jax import sharding
+from medclip_jax.settings import ShardingSettings
 from medclip_jax.models.dual_encoder import DualEncoder, init_params
 
 
@@ -23,9 +24,10 @@ def abstract_params(model: DualEncoder, model_config: ml_collections.ConfigDict)
 
 
 def param_shardings(model: DualEncoder, config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
-    """Each param's sharding on `mesh` from the training config's ``sharding.rules``."""
-    return sharding.tree_shardings(abstract_params(model, config.model),
-                                   config.sharding.rules, mesh)
+    """Each param's sharding on `mesh` from the training config's ``sharding`` section."""
+    rules = ShardingSettings.from_config(config.get("sharding"))
+    return sharding.tree_shardings(abstract_params(model, config.model), rules.rules, mesh,
+                                   rules.fsdp_min_size)
 
 
 def sharded_abstract_params(model: DualEncoder, config: ml_collections.ConfigDict,
