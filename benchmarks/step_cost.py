@@ -32,10 +32,7 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 
 from benchmarks.methods import DEFAULT_BATCH, METHODS, method_config  # noqa: E402
-from benchmarks.train_step import device_bytes  # noqa: E402
-from medclip_jax import sharding, train  # noqa: E402
-from medclip_jax.data import synthetic_batch  # noqa: E402
-from medclip_jax.models import build_model  # noqa: E402
+from benchmarks.train_step import compiled_step, device_bytes  # noqa: E402
 
 MIB = 2 ** 20
 
@@ -90,13 +87,7 @@ def step_cost(name: str, preset: str, lock: str, batch_size: int, mesh_sizes: di
                            batch_size, dtype)
     config.mesh.data, config.mesh.fsdp = mesh_sizes["data"], mesh_sizes["fsdp"]
     config.init.image = config.init.text = ""   # random weights cost the same
-    mesh = sharding.make_mesh(dict(config.mesh))
-    sharding.check_batch_size(config.batch_size, mesh)
-    model = build_model(config.model, config.method)
-    state, jitted = train.init_state_and_step(config, model, mesh, total_steps=10_000,
-                                              rng=jax.random.key(0))
-    batch = sharding.to_global_batch(synthetic_batch.random_batch(config, config.batch_size), mesh)
-    compiled = jitted.lower(state, batch, train.step_rng(0, 0)).compile()
+    mesh, _, _, compiled, _ = compiled_step(config)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     # XLA counts one device's share of the SPMD program: the step's total is that times the

@@ -33,18 +33,23 @@ def device_bytes(compiled) -> int:
                + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
 
 
-def benchmark_config(config, steps: int) -> dict[str, float]:
-    """Compile time, median step time, pairs/s and per-device memory of the config's step."""
+def compiled_step(config):
+    """(mesh, state, random batch, the compiled train step, its compile time in s): the step
+    exactly as training builds it."""
     mesh = sharding.make_mesh(dict(config.mesh))
     sharding.check_batch_size(config.batch_size, mesh)
     model = build_model(config.model, config.method)
     state, jitted = train.init_state_and_step(config, model, mesh, total_steps=10_000,
                                               rng=jax.random.key(0))
     batch = sharding.to_global_batch(synthetic_batch.random_batch(config, config.batch_size), mesh)
-
     start = time.perf_counter()
     compiled = jitted.lower(state, batch, train.step_rng(0, 0)).compile()
-    compile_s = time.perf_counter() - start
+    return mesh, state, batch, compiled, time.perf_counter() - start
+
+
+def benchmark_config(config, steps: int) -> dict[str, float]:
+    """Compile time, median step time, pairs/s and per-device memory of the config's step."""
+    _, state, batch, compiled, compile_s = compiled_step(config)
     state, metrics = compiled(state, batch, train.step_rng(0, 0))
     jax.block_until_ready(metrics)
     times = []
