@@ -86,7 +86,10 @@ def scale_by_tree(factors: Any) -> optax.GradientTransformation:
 def frozen_mask(params: Any, optim_config: OptimSettings | Any) -> Any:
     """A tree of bools like `params`: True where the lr multiplier is 0 (never updated, so
     never differentiated: `train.make_grad_fn`)."""
-    multipliers = lr_multipliers(params, OptimSettings.from_config(optim_config).lr_multipliers)
+    return _zero(lr_multipliers(params, OptimSettings.from_config(optim_config).lr_multipliers))
+
+
+def _zero(multipliers: Any) -> Any:
     return jax.tree.map(lambda m: m == 0.0, multipliers)
 
 
@@ -105,7 +108,7 @@ def make_optimizer(optim_config: OptimSettings | Any, params: Any, total_steps: 
         optim_config.learning_rate, total_steps, optim_config.warmup(total_steps),
         optim_config.end_lr_fraction)
     multipliers = lr_multipliers(params, optim_config.lr_multipliers)
-    frozen = frozen_mask(params, optim_config)
+    frozen = _zero(multipliers)  # = frozen_mask, from the multipliers already matched
     trainable = jax.tree.map(lambda f: not f, frozen)
     decay = jax.tree.map(lambda d, t: d and t,
                          weight_decay_mask(params, optim_config.no_decay_regex), trainable)
