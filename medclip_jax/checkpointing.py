@@ -15,6 +15,7 @@ checkpoint that does not match the config (other tensor shapes, another process 
 not damage: it stays a plain `UserError` and nothing is moved.
 """
 
+import functools
 import gc
 import logging
 import os
@@ -29,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 from medclip_jax.errors import UserError
 from medclip_jax import sharding
@@ -58,16 +60,24 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+@functools.cache
 def _save_replicated_arrays_whole() -> None:
     """With one process, every replica of a replicated array is local, so Orbax's
     replica-parallel save (each replica writes a slice) writes the same bytes as one replica
     writing the whole array, but first compiles a slicing program per leaf shape: about 5 s of
     each fresh process's first save on a tiny model. Multi-process jobs keep it, since there
-    the replicas' hosts share the writing. Orbax reads this from its process-wide registry."""
+    the replicas' hosts share the writing. Orbax reads this from its process-wide registry, so
+    it is set once per process, without Orbax's warning that an override overrides."""
     if jax.process_count() == 1:
-        ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
-            override=True)
+        absl_logger = absl_logging.get_absl_logger()
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR)
+        try:
+            ocp.type_handlers.register_type_handler(
+                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+                override=True)
+        finally:
+            absl_logger.setLevel(level)
 
 
 def _manager(directory: str, max_to_keep: int | None = None, create: bool = True
