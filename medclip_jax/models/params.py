@@ -23,15 +23,18 @@ def abstract_params(model: DualEncoder, model_config: ml_collections.ConfigDict)
         jax.random.key(0))
 
 
-def param_shardings(model: DualEncoder, config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
-    """Each param's sharding on `mesh` from the training config's ``sharding`` section."""
+def param_shardings(model: DualEncoder, config: ml_collections.ConfigDict, mesh: Mesh,
+                    abstract: Any | None = None) -> Any:
+    """Each param's sharding on `mesh` from the training config's ``sharding`` section
+    (`abstract`: the model's `abstract_params`, when the caller has them already)."""
     rules = ShardingSettings.from_config(config.get("sharding"))
-    return sharding.tree_shardings(abstract_params(model, config.model), rules.rules, mesh,
-                                   rules.fsdp_min_size)
+    if abstract is None:
+        abstract = abstract_params(model, config.model)
+    return sharding.tree_shardings(abstract, rules.rules, mesh, rules.fsdp_min_size)
 
 
 def sharded_abstract_params(model: DualEncoder, config: ml_collections.ConfigDict,
                             mesh: Mesh) -> Any:
     """Shapes, dtypes and shardings: what a checkpoint's params are restored into."""
-    return sharding.with_shardings(abstract_params(model, config.model),
-                                   param_shardings(model, config, mesh))
+    abstract = abstract_params(model, config.model)
+    return sharding.with_shardings(abstract, param_shardings(model, config, mesh, abstract))
