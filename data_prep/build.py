@@ -147,7 +147,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from absl import logging as absl_logging
+    verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns about the folder it will create
+    try:
+        return run(args)
+    finally:  # called in-process (tests, scripts), the caller's warnings stay on
+        absl_logging.set_verbosity(verbosity)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`main` after parsing: builds what `args` names; 2 with one line on a UserError."""
     try:
         if args.list:
             for name in BUILDERS:
