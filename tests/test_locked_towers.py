@@ -52,7 +52,11 @@ def check_grads(lock: str, accum: int) -> tuple[float, float]:
         if f:
             assert not np.any(np.asarray(g)), name
         else:
-            np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-7,
+            # Two programs, so float32 sums may round differently: the absolute
+            # tolerance is relative to the gradient's own scale.
+            scale = float(np.max(np.abs(np.asarray(r))))
+            np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5,
+                                       atol=1e-5 * scale,
                                        err_msg=name)
     return flops(locked), flops(everything)
 
