@@ -82,11 +82,11 @@ def analytic_step_flops(config, lock: str) -> float:
 
 
 def step_cost(name: str, preset: str, lock: str, batch_size: int, mesh_sizes: dict,
-              dtype: str | None) -> dict[str, float]:
+              dtype: str | None, token_keep_fraction: float = 1.0) -> dict[str, float]:
     config = method_config(name, f"{preset}{'' if lock == 'none' else f',lock={lock}'}",
                            batch_size, dtype)
+    config.model.image.token_keep_fraction = token_keep_fraction
     config.mesh.data, config.mesh.fsdp = mesh_sizes["data"], mesh_sizes["fsdp"]
-    config.init.image = config.init.text = ""   # random weights cost the same
     mesh, _, _, compiled, _ = compiled_step(config)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -107,6 +107,9 @@ def main() -> None:
     parser.add_argument("--locks", default="none,tower")
     parser.add_argument("--batch_size", type=int, default=0, help="0 = 128 demo, 8 paper")
     parser.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16"])
+    parser.add_argument("--token_keep_fraction", type=float, default=1.0,
+                        help="FLIP: config.model.image.token_keep_fraction (the analytic "
+                             "count assumes 1.0)")
     args = parser.parse_args()
     mesh_sizes = {"data": -1, "fsdp": args.fsdp}
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}, mesh {mesh_sizes}")
@@ -119,7 +122,8 @@ def main() -> None:
             for lock in args.locks.split(","):
                 if name == "lit" and lock != "tower":
                     continue  # LiT is lock=tower by definition
-                r = step_cost(name, preset, lock, batch, mesh_sizes, args.dtype)
+                r = step_cost(name, preset, lock, batch, mesh_sizes, args.dtype,
+                              args.token_keep_fraction)
                 unlocked = r["flops"] if lock == "none" else unlocked
                 relative = f"{r['flops'] / unlocked:.2f}x" if unlocked else "-"
                 print(f"{preset:7} {name:12} {lock:6} {batch:5d} {r['flops'] / 1e9:10.2f} "

@@ -3,6 +3,7 @@
     python benchmarks/train_step.py                         # demo (small) and ViT-B/16 configs
     python benchmarks/train_step.py --presets demo --batch_size 128 --steps 20
     python benchmarks/train_step.py --presets paper --batch_size 8 --dtype bfloat16
+    python benchmarks/train_step.py --presets demo --token_keep_fractions 1.0,0.5,0.25  # FLIP
 
 Random inputs isolate the compiled step from the input pipeline; the model, optimizer, shardings
 and donation are exactly those of training (built by the same functions).
@@ -68,6 +69,7 @@ def preset_config(module, preset: str, batch_size: int, dtype: str | None):
     """A method's preset with the benchmark's batch size, dtype and a fixed vocabulary."""
     config = module.get_config(preset)
     config.batch_size = batch_size
+    config.init.image = config.init.text = ""   # random weights cost the same (no folder here)
     if dtype:
         config.model.dtype = dtype
     if config.model.text.vocab_size <= 0:
@@ -75,8 +77,11 @@ def preset_config(module, preset: str, batch_size: int, dtype: str | None):
     return config
 
 
-def benchmark(preset: str, batch_size: int, steps: int, dtype: str | None) -> dict[str, float]:
-    return benchmark_config(preset_config(clip, preset, batch_size, dtype), steps)
+def benchmark(preset: str, batch_size: int, steps: int, dtype: str | None,
+              token_keep_fraction: float = 1.0) -> dict[str, float]:
+    config = preset_config(clip, preset, batch_size, dtype)
+    config.model.image.token_keep_fraction = token_keep_fraction
+    return benchmark_config(config, steps)
 
 
 def main() -> None:
@@ -86,16 +91,21 @@ def main() -> None:
                         help="0 = 128 for demo, 8 for paper")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16"])
+    parser.add_argument("--token_keep_fractions", default="1.0",
+                        help="FLIP: comma-separated config.model.image.token_keep_fraction "
+                             "values, each benchmarked")
     args = parser.parse_args()
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}")
-    print(f"{'preset':8} {'dtype':9} {'batch':>5} {'params':>8} {'compile':>9} {'step':>9} "
-          f"{'pairs/s':>9}")
+    print(f"{'preset':8} {'dtype':9} {'batch':>5} {'keep':>5} {'params':>8} {'compile':>9} "
+          f"{'step':>9} {'pairs/s':>9}")
     for preset in args.presets.split(","):
         batch = args.batch_size or {"demo": 128, "paper": 8, "tiny": 16}[preset]
-        r = benchmark(preset, batch, args.steps, args.dtype)
-        dtype = args.dtype or clip.get_config(preset).model.dtype
-        print(f"{preset:8} {dtype:9} {batch:5d} {r['params_M']:7.1f}M {r['compile_s']:8.1f}s "
-              f"{r['step_s'] * 1000:7.0f}ms {r['pairs_per_s']:9.1f}", flush=True)
+        for keep in map(float, args.token_keep_fractions.split(",")):
+            r = benchmark(preset, batch, args.steps, args.dtype, keep)
+            dtype = args.dtype or clip.get_config(preset).model.dtype
+            print(f"{preset:8} {dtype:9} {batch:5d} {keep:5.2f} {r['params_M']:7.1f}M "
+                  f"{r['compile_s']:8.1f}s {r['step_s'] * 1000:7.0f}ms "
+                  f"{r['pairs_per_s']:9.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ with one line naming ``config.<field>``):
                     still sees the whole batch (every negative), see train.make_train_step.
   num_epochs        the schedule length is derived from it and the dataset size.
   max_steps         if > 0, stop after this many steps (smoke tests, benchmarks).
-  seed              params init, data order, augmentation and dropout.
+  seed              params init, data order, augmentation, dropout and FLIP's patch subsets.
+  unmasked_tuning_steps
+                    FLIP: the run's last N steps keep every patch (the steps before drop
+                    ``1 - model.image.token_keep_fraction`` of them); 0 = none.
   log_every_steps   train metrics are averaged and written every this many steps.
   optim             AdamW, warmup + cosine, clipping, no-decay and lr-multiplier/freeze rules.
   mesh              device mesh axis sizes (-1 = all remaining devices).

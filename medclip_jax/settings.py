@@ -667,6 +667,9 @@ class TrainSettings(Section):
     num_epochs: float = 10.0
     max_steps: int = -1
     log_every_steps: int = 20
+    #: FLIP's unmasked tuning: the run's last N steps keep every patch (with
+    #: config.model.image.token_keep_fraction < 1 for the steps before).
+    unmasked_tuning_steps: int = 0
     loss: Any = None
     model: Any = None
     data: DataSettings = section_field(DataSettings)
@@ -683,6 +686,8 @@ class TrainSettings(Section):
                 self.fail(name, "a positive integer")
         if not self.num_epochs > 0:
             self.fail("num_epochs", "> 0")
+        if self.unmasked_tuning_steps < 0:
+            self.fail("unmasked_tuning_steps", "an integer >= 0")
 
 
 #: Every section class, for the docs tests and the tools that list fields.

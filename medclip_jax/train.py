@@ -27,7 +27,7 @@ from medclip_jax.errors import UserError
 from medclip_jax.evaluation import embed, evaluators, fields, model_view, retrieval
 from medclip_jax.losses import clip as clip_losses
 from medclip_jax.metric_logging import MetricWriter, Progress, format_duration
-from medclip_jax.models import DualEncoder, build_model
+from medclip_jax.models import DualEncoder, build_model, presets
 from medclip_jax.models import params as model_params
 from medclip_jax.models.dual_encoder import clamped_scale
 from medclip_jax.pretrained import init as init_lib
@@ -239,12 +239,15 @@ def make_train_step(tx: optax.GradientTransformation, schedule: optax.Schedule,
     return train_step
 
 
-def init_state_and_step(config: ml_collections.ConfigDict, model: DualEncoder, mesh: Mesh,
-                        total_steps: int, rng: jax.Array,
-                        optim_settings: OptimSettings | None = None
-                        ) -> tuple[TrainState, Callable]:
-    """The sharded initial state and the train step jitted for it (in/out shardings, donation).
+def init_state_and_steps(config: ml_collections.ConfigDict, models: dict[str, DualEncoder],
+                         mesh: Mesh, total_steps: int, rng: jax.Array,
+                         optim_settings: OptimSettings | None = None
+                         ) -> tuple[TrainState, dict[str, Callable]]:
+    """The sharded initial state and, per entry of `models` (variants of one model with the
+    same params, e.g. FLIP's masked and whole-image towers), the train step jitted for that
+    state (in/out shardings, donation). Params are initialised by the first model.
     `optim_settings`: parsed ``config.optim`` (parsed here when not given)."""
+    model = next(iter(models.values()))
     p_shardings = model_params.param_shardings(model, config, mesh)
     params = init_lib.apply_init(init_params(model, config.model, rng, p_shardings), config)
     optim_settings = optim_settings or OptimSettings.from_config(config.optim)
@@ -260,14 +263,27 @@ def init_state_and_step(config: ml_collections.ConfigDict, model: DualEncoder, m
                        method_state=method_state)
     state_shardings = TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings,
                                  method_state=jax.tree.map(lambda _: replicated, method_state))
-    grad_fn = make_grad_fn(model, methods.bind_loss(config.method, config.loss, mesh),
-                           config.grad_accum_steps, mesh,
-                           optim.frozen_mask(params, optim_settings))
+    frozen = optim.frozen_mask(params, optim_settings)
+    loss_fn = methods.bind_loss(config.method, config.loss, mesh)
     update = methods.bind_state_update(config.method, config.loss)
-    train_step = jax.jit(make_train_step(tx, schedule, grad_fn, update),
-                         in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
-                         out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-    return state, train_step
+
+    def jit_step(variant: DualEncoder) -> Callable:
+        grad_fn = make_grad_fn(variant, loss_fn, config.grad_accum_steps, mesh, frozen)
+        return jax.jit(make_train_step(tx, schedule, grad_fn, update),
+                       in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+                       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+    return state, {name: jit_step(variant) for name, variant in models.items()}
+
+
+def init_state_and_step(config: ml_collections.ConfigDict, model: DualEncoder, mesh: Mesh,
+                        total_steps: int, rng: jax.Array,
+                        optim_settings: OptimSettings | None = None
+                        ) -> tuple[TrainState, Callable]:
+    """`init_state_and_steps` for one model: (state, its jitted train step)."""
+    state, steps = init_state_and_steps(config, {"train": model}, mesh, total_steps, rng,
+                                        optim_settings)
+    return state, steps["train"]
 
 
 @dataclasses.dataclass
@@ -282,6 +298,16 @@ class Run:
     train_step: Callable
     total_steps: int
     data_iter: Iterator
+    #: FLIP's unmasked tuning (`config.unmasked_tuning_steps`): the step on whole images and
+    #: the first step index it runs (None: every step masks as the model says).
+    unmasked_step: Callable | None = None
+    unmasked_from: int | None = None
+
+    def step_fn(self, step: int) -> Callable:
+        """The jitted train step for 0-based step index `step`."""
+        if self.unmasked_step is not None and step >= self.unmasked_from:
+            return self.unmasked_step
+        return self.train_step
 
 
 def resolve_model(config: ml_collections.ConfigDict
@@ -293,6 +319,20 @@ def resolve_model(config: ml_collections.ConfigDict
     config = ml_collections.ConfigDict(config.to_dict())
     config.model = model_config_with_vocab(config.model, tokenizer)
     return config, tokenizer, build_model(config.model, config.method)
+
+
+def unmasked_tuning_model(config: ml_collections.ConfigDict, model: DualEncoder,
+                          settings: TrainSettings, total_steps: int) -> DualEncoder:
+    """The model for FLIP's unmasked tuning phase: the same params, every patch kept."""
+    steps = settings.unmasked_tuning_steps
+    if presets.token_keep_fraction(config.model) >= 1.0:
+        raise UserError(f"config.unmasked_tuning_steps={steps} needs "
+                        f"config.model.image.token_keep_fraction < 1 (FLIP's token dropping): "
+                        f"with every patch kept there is nothing to tune without masking")
+    if steps >= total_steps:
+        raise UserError(f"config.unmasked_tuning_steps={steps} must be fewer than the run's "
+                        f"{total_steps} steps")
+    return model.clone(image=model.image.clone(token_keep_fraction=1.0))
 
 
 def check_evaluator_datasets(settings: TrainSettings) -> None:
@@ -331,8 +371,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
     if run_settings.max_steps > 0:
         total_steps = min(total_steps, run_settings.max_steps)
 
-    state, train_step = init_state_and_step(
-        config, model, mesh, total_steps,
+    models = {"train": model}
+    if run_settings.unmasked_tuning_steps:
+        models["unmasked"] = unmasked_tuning_model(config, model, run_settings, total_steps)
+    state, steps = init_state_and_steps(
+        config, models, mesh, total_steps,
         jax.random.fold_in(jax.random.key(run_settings.seed), 0), run_settings.optim)
 
     def make_data_iter() -> Iterator:
@@ -348,8 +391,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
     if checkpointer.latest_step() is not None:
         state, data_iter = resume(checkpointer, state, data_iter, make_data_iter)
 
+    unmasked_from = total_steps - run_settings.unmasked_tuning_steps if "unmasked" in steps \
+        else None
     run = Run(config=config, settings=run_settings, mesh=mesh, model=model, tokenizer=tokenizer,
-              state=state, train_step=train_step, total_steps=total_steps, data_iter=data_iter)
+              state=state, train_step=steps["train"], total_steps=total_steps,
+              data_iter=data_iter, unmasked_step=steps.get("unmasked"),
+              unmasked_from=unmasked_from)
     return run, checkpointer
 
 
@@ -550,7 +597,10 @@ def train_locked(config: ml_collections.ConfigDict, workdir: str,
             local_batch = next(run.data_iter)
             batch = sharding.to_global_batch(model_inputs(local_batch, config.method),
                                              run.mesh)
-            state, metrics = run.train_step(state, batch, step_rng(settings.seed, step))
+            if run.unmasked_from is not None and step == max(start_step, run.unmasked_from):
+                print(f"step {step + 1}: unmasked tuning (every patch kept) for the last "
+                      f"{run.total_steps - step} steps", flush=True)
+            state, metrics = run.step_fn(step)(state, batch, step_rng(settings.seed, step))
             done = step + 1
             if step == start_step:
                 jax.block_until_ready(metrics)

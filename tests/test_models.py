@@ -159,7 +159,8 @@ def test_all_padding_row_is_finite(tower_params):
 
 
 def naive_attention(x, p, num_heads, mask):
-    """Textbook multi-head attention in numpy: per head softmax(q k^T / sqrt(d)) v."""
+    """Textbook multi-head attention in numpy: per head softmax(q k^T / sqrt(d)) v (a query
+    that sees no key averages every value)."""
     x = np.asarray(x, np.float64)
     proj = {n: x @ np.asarray(p[n]["kernel"]) + np.asarray(p[n]["bias"])
             for n in ("query", "key", "value")}
@@ -172,21 +173,48 @@ def naive_attention(x, p, num_heads, mask):
             q, k, v = (proj[n][b, :, sl] for n in ("query", "key", "value"))
             logits = q @ k.T / math.sqrt(d)
             logits = np.where(mask[b], logits, -np.inf)
+            logits[~mask[b].any(-1)] = 0.0   # no visible key: uniform weights
             w = np.exp(logits - logits.max(-1, keepdims=True))
             out[b, :, sl] = (w / w.sum(-1, keepdims=True)) @ v
     return out @ np.asarray(p["out"]["kernel"]) + np.asarray(p["out"]["bias"])
 
 
-def test_attention_matches_naive_reference():
+@pytest.mark.parametrize("causal, key_mask", [
+    (True, [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]),
+    (False, [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]),
+    (False, [[1, 0, 1, 1, 0], [0, 0, 0, 0, 0]]),   # holes, and a row with no visible key
+])
+def test_attention_matches_naive_reference(causal, key_mask):
+    """`jax.nn.dot_product_attention` (the XLA path) and the explicit softmax that attention
+    dropout uses both equal textbook attention, masks of any pattern included."""
     x = jax.random.normal(jax.random.key(0), (2, 5, 12))
-    key_mask = jnp.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    mask = layers.causal_mask(5) & layers.padding_mask(key_mask)
+    mask = layers.AttentionMask(jnp.array(key_mask), causal=causal)
     attn = layers.MultiHeadAttention(num_heads=3)
     params = random_params(attn, x, mask, seed=1)
     ours = attn.apply(params, x, mask)
-    dense_mask = np.broadcast_to(np.asarray(mask[:, 0]), (2, 5, 5))
+    dense_mask = np.broadcast_to(np.asarray(mask.dense()[:, 0]), (2, 5, 5))
     ref = naive_attention(x, params["params"], 3, dense_mask)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 5, 3, 4)) for i in range(3))
+    explicit = jnp.einsum("bhqk,bkhd->bqhd", layers.attention_weights(q, k, mask.dense()), v)
+    np.testing.assert_allclose(layers.attend(q, k, v, mask, "xla"), explicit,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_cudnn_attention_falls_back_to_xla_off_gpu(caplog):
+    """On this CPU 'cudnn' runs the XLA path, with one warning, and gives its numbers."""
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 5, 3, 4)) for i in range(3))
+    mask = layers.AttentionMask(jnp.array([[1, 1, 1, 0, 0]] * 2), causal=True)
+    with caplog.at_level("WARNING"):
+        out = layers.attend(q, k, v, mask, "cudnn")
+    np.testing.assert_array_equal(out, layers.attend(q, k, v, mask, "xla"))
+    assert "attention runs on the XLA path" in caplog.text or \
+        layers._warn_cudnn_fallback.cache_info().currsize
+    cfg = tiny_config(attention="cudnn")
+    assert build_model(cfg).image.attention == "cudnn"
+    cfg.attention = "flash"
+    with pytest.raises(UserError, match=r"config\.model\.attention must be one of"):
+        build_model(cfg)
 
 
 def test_logit_scale_init_and_clamp():

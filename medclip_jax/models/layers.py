@@ -6,8 +6,11 @@ after a transpose. Params are always float32; `dtype` only sets the activation /
 Softmax and LayerNorm statistics run in float32 whatever `dtype` is.
 """
 
+import functools
+import logging
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -38,6 +41,27 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     return table[name]
 
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+@flax.struct.dataclass
+class AttentionMask:
+    """Which keys a query sees: the real tokens of `padding` [B, L] (1 = real), and with
+    `causal` only those at or before the query. Kept in this form, not as a dense [B, 1, L, L]
+    array, so a fused kernel can take the causal flag and the key lengths instead."""
+    padding: jax.Array
+    causal: bool = flax.struct.field(pytree_node=False, default=False)
+
+    def dense(self) -> jax.Array:
+        """Boolean [B, 1, L, L], True where a query may attend to a key."""
+        mask = padding_mask(self.padding)
+        return mask & causal_mask(self.padding.shape[1]) if self.causal else mask
+
+    def key_lengths(self) -> jax.Array:
+        """[B] int32 real-token counts: the padding as cuDNN takes it (right padding)."""
+        return jnp.sum(self.padding.astype(jnp.int32), axis=-1)
+
+
 def padding_mask(mask: jax.Array) -> jax.Array:
     """[B, L] (1 = real token) -> boolean [B, 1, 1, L] over the keys."""
     return mask.astype(bool)[:, None, None, :]
@@ -62,15 +86,56 @@ def attention_weights(query: jax.Array, key: jax.Array, mask: jax.Array | None) 
     return jax.nn.softmax(logits, axis=-1)
 
 
+@functools.cache
+def _warn_cudnn_fallback(backend: str, dtype: str) -> None:
+    logging.warning("config.model.attention='cudnn' needs an NVIDIA GPU and bfloat16 / float16 "
+                    "(here: %s, %s): attention runs on the XLA path instead", backend, dtype)
+
+
+def cudnn_usable(dtype: Any) -> bool:
+    """Whether cuDNN's flash attention can run here; where not, a one-time warning (a
+    checkpoint trained with it on GPUs still evaluates on a CPU)."""
+    backend = jax.default_backend()
+    if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return True
+    _warn_cudnn_fallback(backend, jnp.dtype(dtype).name)
+    return False
+
+
+def attend(query: jax.Array, key: jax.Array, value: jax.Array, mask: AttentionMask | None,
+           implementation: str) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v through `jax.nn.dot_product_attention`; q, k, v [B, L, H, D].
+
+    'xla' takes the dense mask (any padding pattern; logits and softmax in float32, a row
+    with no visible key gets uniform weights, as in `attention_weights`). 'cudnn' is the fused
+    flash kernel of NVIDIA GPUs (bfloat16 / float16): the causal flag and the key lengths, so it
+    needs right-padded rows, which is what the pipeline makes; padded queries come out zero.
+    """
+    if implementation == "cudnn" and not cudnn_usable(query.dtype):
+        implementation = "xla"
+    if implementation == "cudnn":
+        lengths = None if mask is None else mask.key_lengths()
+        return jax.nn.dot_product_attention(
+            query, key, value, is_causal=bool(mask is not None and mask.causal),
+            key_value_seq_lengths=lengths, implementation="cudnn")
+    return jax.nn.dot_product_attention(query, key, value,
+                                        mask=None if mask is None else mask.dense(),
+                                        implementation="xla")
+
+
 class MultiHeadAttention(nn.Module):
-    """Self-attention with separate query/key/value/out projections (HF CLIP/BERT layout)."""
+    """Self-attention with separate query/key/value/out projections (HF CLIP/BERT layout).
+
+    `implementation` picks `attend`'s kernel; with attention dropout at train time the weights
+    are formed explicitly (`attention_weights`), since the fused kernels have no dropout."""
     num_heads: int
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     kernel_init: Initializer = default_kernel_init
+    implementation: str = "xla"
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
+    def __call__(self, x: jax.Array, mask: AttentionMask | None = None, *,
                  deterministic: bool = True) -> jax.Array:
         width = x.shape[-1]
         head_dim = width // self.num_heads
@@ -85,9 +150,12 @@ class MultiHeadAttention(nn.Module):
         q = split_heads(dense("query")(x))
         k = split_heads(dense("key")(x))
         v = split_heads(dense("value")(x))
-        weights = attention_weights(q, k, mask)
-        weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
+        if self.dropout > 0.0 and not deterministic:
+            weights = attention_weights(q, k, None if mask is None else mask.dense())
+            weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
+            out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
+        else:
+            out = attend(q, k, v, mask, self.implementation)
         out = out.reshape(*out.shape[:-2], width)
         return dense("out")(out)
 
@@ -124,13 +192,15 @@ class PreNormBlock(nn.Module):
     layer_norm_eps: float = 1e-5
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None,
+    def __call__(self, x: jax.Array, mask: AttentionMask | None = None,
                  deterministic: bool = True) -> jax.Array:
         drop = nn.Dropout(self.dropout)
         y = layer_norm(self.layer_norm_eps, self.dtype, "ln_1")(x)
-        y = MultiHeadAttention(self.num_heads, self.dropout, self.dtype, name="attn")(
+        y = MultiHeadAttention(self.num_heads, self.dropout, self.dtype,
+                               implementation=self.attention, name="attn")(
             y, mask, deterministic=deterministic)
         x = x + drop(y, deterministic=deterministic)
         y = layer_norm(self.layer_norm_eps, self.dtype, "ln_2")(x)
@@ -148,13 +218,15 @@ class PostNormBlock(nn.Module):
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     kernel_init: Initializer = embed_init
+    attention: str = "xla"
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None,
+    def __call__(self, x: jax.Array, mask: AttentionMask | None = None,
                  deterministic: bool = True) -> jax.Array:
         drop = nn.Dropout(self.dropout)
         y = MultiHeadAttention(self.num_heads, self.dropout, self.dtype, self.kernel_init,
-                               name="attn")(x, mask, deterministic=deterministic)
+                               self.attention, name="attn")(x, mask,
+                                                            deterministic=deterministic)
         x = layer_norm(self.layer_norm_eps, self.dtype, "attn_ln")(
             x + drop(y, deterministic=deterministic))
         y = Mlp(self.mlp_dim, self.activation, self.dropout, self.dtype, self.kernel_init,

@@ -4,6 +4,8 @@ Fields (all required; `model_config(size)` fills every one):
 
   model.image.{image_size, patch_size, width, depth, num_heads, mlp_dim,
                patch_bias, ln_pre, activation, layer_norm_eps}
+  model.image.token_keep_fraction   optional, default 1.0: FLIP's share of patches each
+                                    example keeps at train time (evaluation sees them all)
   model.text.{kind ('causal' | 'bert'), vocab_size, max_len, width, depth, num_heads, mlp_dim,
               pooling ('eos' | 'cls' | 'mean'), activation, layer_norm_eps, type_vocab_size}
   model.{embed_dim, projection ('linear' | 'mlp'), projection_hidden_dim,
@@ -12,6 +14,9 @@ Fields (all required; `model_config(size)` fills every one):
   model.text_projection       '' (the text head is `projection` too) | 'linear' | 'mlp': a
                               text head of its own kind (BiomedCLIP: linear image head, MLP
                               text head).
+  model.attention             optional, 'xla' (default) | 'cudnn': the kernel behind
+                              `jax.nn.dot_product_attention` (`layers.attend`); 'cudnn' is
+                              NVIDIA's fused flash attention (bfloat16 on a GPU).
 
 A method may own more fields, for its heads (`Method.model_fields`, set by its config defaults
 and checked by `Method.check_model`): SigLIP's `init_logit_bias`, FILIP's and GLoRIA's
@@ -45,7 +50,7 @@ def _tower(image_size: int, patch_size: int, width: int, depth: int, num_heads: 
     return ml_collections.ConfigDict(dict(
         image_size=image_size, patch_size=patch_size, width=width, depth=depth,
         num_heads=num_heads, mlp_dim=mlp_dim, patch_bias=False, ln_pre=True,
-        activation="quick_gelu", layer_norm_eps=1e-5))
+        activation="quick_gelu", layer_norm_eps=1e-5, token_keep_fraction=1.0))
 
 
 def _text(vocab_size: int, max_len: int, width: int, depth: int, num_heads: int,
@@ -75,7 +80,7 @@ def model_config(size: str) -> ml_collections.ConfigDict:
         image=image, text=text, embed_dim=embed_dim, projection="linear",
         projection_hidden_dim=2 * embed_dim, projection_activation="relu",
         init_logit_scale=1.0 / 0.07, max_logit_scale=100.0, dtype=dtype, dropout=0.0,
-        remat=False, text_projection=""))
+        remat=False, text_projection="", attention="xla"))
 
 
 #: Fields that every saved model config had before methods owned their heads, with the value
@@ -117,11 +122,12 @@ def fail(field: str, message: str) -> None:
     raise UserError(f"config.model.{field} {message}")
 
 
-def check_fields(section: Any, expected: set[str], prefix: str) -> None:
+def check_fields(section: Any, expected: set[str], prefix: str,
+                 optional: frozenset[str] = frozenset()) -> None:
     keys = set(section.keys())
     for name in sorted(expected - keys):
         fail(f"{prefix}{name}", "is missing")
-    for name in sorted(keys - expected):
+    for name in sorted(keys - expected - optional):
         fail(f"{prefix}{name}", "is not a model field (typo?)")
 
 
@@ -142,6 +148,22 @@ def _check_heads(section: Any, prefix: str) -> None:
               f"{prefix}num_heads ({section.num_heads})")
 
 
+#: Optional image fields (configs saved or imported before them lack them) and their defaults.
+IMAGE_OPTIONAL = {"token_keep_fraction": 1.0}
+
+
+#: Optional top-level fields and their defaults.
+MODEL_OPTIONAL = {"attention": "xla"}
+
+
+def attention(cfg: ml_collections.ConfigDict) -> str:
+    return cfg.get("attention", MODEL_OPTIONAL["attention"])
+
+
+def token_keep_fraction(cfg: ml_collections.ConfigDict) -> float:
+    return float(cfg.image.get("token_keep_fraction", IMAGE_OPTIONAL["token_keep_fraction"]))
+
+
 BASE_FIELDS = frozenset({"image", "text", "embed_dim", "projection", "projection_hidden_dim",
                          "projection_activation", "init_logit_scale", "max_logit_scale",
                          "dtype", "dropout", "remat", "text_projection"})
@@ -151,9 +173,11 @@ def validate_model_config(cfg: ml_collections.ConfigDict, method: str = "clip") 
     """Raises UserError naming the first field that cannot build a model for `method`."""
     from medclip_jax import methods
     spec = methods.get(method)
-    check_fields(cfg, BASE_FIELDS | set(spec.model_fields), "")
+    check_fields(cfg, BASE_FIELDS | set(spec.model_fields), "",
+                 optional=frozenset(MODEL_OPTIONAL))
     check_fields(cfg.image, set(_IMAGE_INTS) | {"patch_bias", "ln_pre", "activation",
-                                                   "layer_norm_eps"}, "image.")
+                                                   "layer_norm_eps"}, "image.",
+                 optional=frozenset(IMAGE_OPTIONAL))
     check_fields(cfg.text, set(_TEXT_INTS) | {"kind", "pooling", "activation",
                                                  "layer_norm_eps"}, "text.")
     for name in _IMAGE_INTS:
@@ -177,6 +201,9 @@ def validate_model_config(cfg: ml_collections.ConfigDict, method: str = "clip") 
     check_choice(cfg, "text_projection", ("",) + PROJECTIONS, "")
     check_choice(cfg, "projection_activation", layers.ACTIVATIONS, "")
     check_choice(cfg, "dtype", tuple(layers.DTYPES), "")
+    if attention(cfg) not in layers.ATTENTION_IMPLEMENTATIONS:
+        fail("attention", f"must be one of {layers.ATTENTION_IMPLEMENTATIONS}, got "
+                          f"{attention(cfg)!r}")
     check_positive_int(cfg, "embed_dim", "")
     if "mlp" in (cfg.projection, cfg.text_projection):
         check_positive_int(cfg, "projection_hidden_dim", "")
@@ -187,20 +214,26 @@ def validate_model_config(cfg: ml_collections.ConfigDict, method: str = "clip") 
             fail(f"{prefix}{name}", f"must be a positive number, got {section[name]!r}")
     if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
         fail("dropout", f"must be in [0, 1), got {cfg.dropout!r}")
+    keep = cfg.image.get("token_keep_fraction", 1.0)
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:
+        fail("image.token_keep_fraction", f"must be in (0, 1], got {keep!r}")
     spec.check_model(cfg)
 
 
 # --- construction ---------------------------------------------------------------------------
 
 def _image_tower(cfg: ml_collections.ConfigDict) -> VisionTransformer:
-    return VisionTransformer(**cfg.image.to_dict(), dropout=cfg.dropout, remat=cfg.remat,
-                             dtype=layers.DTYPES[cfg.dtype])
+    fields = {**IMAGE_OPTIONAL, **cfg.image.to_dict()}
+    fields["token_keep_fraction"] = float(fields["token_keep_fraction"])
+    return VisionTransformer(**fields, dropout=cfg.dropout, remat=cfg.remat,
+                             dtype=layers.DTYPES[cfg.dtype], attention=attention(cfg))
 
 
 def _text_tower(cfg: ml_collections.ConfigDict) -> CausalTextTransformer | BertTextEncoder:
     fields = cfg.text.to_dict()
     kind = fields.pop("kind")
-    common = dict(dropout=cfg.dropout, remat=cfg.remat, dtype=layers.DTYPES[cfg.dtype])
+    common = dict(dropout=cfg.dropout, remat=cfg.remat, dtype=layers.DTYPES[cfg.dtype],
+                  attention=attention(cfg))
     if kind == "causal":
         fields.pop("type_vocab_size")
         return CausalTextTransformer(**fields, **common)

@@ -71,6 +71,7 @@ class CausalTextTransformer(nn.Module):
     dropout: float = 0.0
     remat: bool = False
     dtype: layers.Dtype = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, ids: jax.Array, mask: jax.Array, *,
@@ -83,11 +84,12 @@ class CausalTextTransformer(nn.Module):
                          jnp.float32)
         x = x + pos[:length].astype(self.dtype)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
-        attn_mask = layers.causal_mask(length) & layers.padding_mask(mask)
+        attn_mask = layers.AttentionMask(mask, causal=True)
         block = layers.block_class(layers.PreNormBlock, self.remat)
         for i in range(self.depth):
             x = block(self.num_heads, self.mlp_dim, self.activation, self.layer_norm_eps,
-                      self.dropout, self.dtype, name=f"block_{i}")(x, attn_mask, not train)
+                      self.dropout, self.dtype, self.attention, name=f"block_{i}")(
+                x, attn_mask, not train)
         x = layers.layer_norm(self.layer_norm_eps, self.dtype, "ln_final")(x)
         return pool_tokens(x, mask, self.pooling), x
 
@@ -131,6 +133,7 @@ class BertTextEncoder(nn.Module):
     dropout: float = 0.0
     remat: bool = False
     dtype: layers.Dtype = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, ids: jax.Array, mask: jax.Array, token_type_ids: jax.Array | None = None,
@@ -141,9 +144,10 @@ class BertTextEncoder(nn.Module):
         x = BertEmbeddings(self.vocab_size, self.max_len, self.type_vocab_size, self.width,
                            self.layer_norm_eps, self.dropout, self.dtype, name="embeddings")(
             ids, token_type_ids, deterministic=not train)
-        attn_mask = layers.padding_mask(mask)
+        attn_mask = layers.AttentionMask(mask)
         block = layers.block_class(layers.PostNormBlock, self.remat)
         for i in range(self.depth):
             x = block(self.num_heads, self.mlp_dim, self.activation, self.layer_norm_eps,
-                      self.dropout, self.dtype, name=f"layer_{i}")(x, attn_mask, not train)
+                      self.dropout, self.dtype, attention=self.attention, name=f"layer_{i}")(
+                x, attn_mask, not train)
         return pool_tokens(x, mask, self.pooling), x
