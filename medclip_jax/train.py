@@ -298,10 +298,16 @@ class Run:
     train_step: Callable
     total_steps: int
     data_iter: Iterator
-    #: FLIP's unmasked tuning (`config.unmasked_tuning_steps`): the step on whole images and
-    #: the first step index it runs (None: every step masks as the model says).
+    #: FLIP's unmasked tuning (`config.unmasked_tuning_steps`): the step on whole images
+    #: (None: every step masks as the model says).
     unmasked_step: Callable | None = None
-    unmasked_from: int | None = None
+
+    @property
+    def unmasked_from(self) -> int | None:
+        """The 0-based index of the first whole-image step (None: no unmasked tuning)."""
+        if self.unmasked_step is None:
+            return None
+        return self.total_steps - self.settings.unmasked_tuning_steps
 
     def step_fn(self, step: int) -> Callable:
         """The jitted train step for 0-based step index `step`."""
@@ -391,12 +397,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, checkpo
     if checkpointer.latest_step() is not None:
         state, data_iter = resume(checkpointer, state, data_iter, make_data_iter)
 
-    unmasked_from = total_steps - run_settings.unmasked_tuning_steps if "unmasked" in steps \
-        else None
     run = Run(config=config, settings=run_settings, mesh=mesh, model=model, tokenizer=tokenizer,
               state=state, train_step=steps["train"], total_steps=total_steps,
-              data_iter=data_iter, unmasked_step=steps.get("unmasked"),
-              unmasked_from=unmasked_from)
+              data_iter=data_iter, unmasked_step=steps.get("unmasked"))
     return run, checkpointer
 
 
