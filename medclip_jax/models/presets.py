@@ -214,7 +214,7 @@ def validate_model_config(cfg: ml_collections.ConfigDict, method: str = "clip") 
             fail(f"{prefix}{name}", f"must be a positive number, got {section[name]!r}")
     if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
         fail("dropout", f"must be in [0, 1), got {cfg.dropout!r}")
-    keep = cfg.image.get("token_keep_fraction", 1.0)
+    keep = cfg.image.get("token_keep_fraction", IMAGE_OPTIONAL["token_keep_fraction"])
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < keep <= 1.0:
         fail("image.token_keep_fraction", f"must be in (0, 1], got {keep!r}")
     spec.check_model(cfg)
@@ -223,8 +223,7 @@ def validate_model_config(cfg: ml_collections.ConfigDict, method: str = "clip") 
 # --- construction ---------------------------------------------------------------------------
 
 def _image_tower(cfg: ml_collections.ConfigDict) -> VisionTransformer:
-    fields = {**IMAGE_OPTIONAL, **cfg.image.to_dict()}
-    fields["token_keep_fraction"] = float(fields["token_keep_fraction"])
+    fields = {**cfg.image.to_dict(), "token_keep_fraction": token_keep_fraction(cfg)}
     return VisionTransformer(**fields, dropout=cfg.dropout, remat=cfg.remat,
                              dtype=layers.DTYPES[cfg.dtype], attention=attention(cfg))
 
